@@ -1,0 +1,51 @@
+"""Shared fixtures: the real Hydra config composed once with tiny overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import ulsad_bench  # noqa: F401  (registers resolvers)
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+# A synthetic set small enough for CPU tests; the same generator and loaders as the default.
+TINY_DATA = [
+    "dataset.image_size=64",
+    "dataset.synthetic.resolution=64",
+    "dataset.synthetic.n_train=12",
+    "dataset.synthetic.n_validation=4",
+    "dataset.synthetic.n_test_good=6",
+    "dataset.synthetic.n_per_defect=2",
+    "backbone=resnet18",
+    "backbone.weights=random",
+    "progress=false",
+    "save_maps_per_defect=1",
+]
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides or []))
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for the whole session: the synthetic set is generated once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def tiny_cfg(shared_cache: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """``tiny_cfg(*overrides)``: the real config with tiny data, a test cache and outputs."""
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(
+            [*TINY_DATA, f"cache_dir={shared_cache}", f"output_root={tmp_path / 'outputs'}", *overrides]
+        )
+
+    return make

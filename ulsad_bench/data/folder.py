@@ -1,0 +1,104 @@
+"""Reader for the MVTec AD folder layout and its relatives (MPDD, MVTec LOCO, BTAD, synthetic).
+
+One category directory holds::
+
+    train/<normal>/*.png                    normal training images
+    validation/<normal>/*.png               (MVTec LOCO and the synthetic scene) validation normals
+    test/<normal>/*.png                     normal test images
+    test/<defect>/*.png                     anomalous test images, one folder per defect type
+    ground_truth/<defect>/<stem>_mask.png   MVTec AD, MPDD
+    ground_truth/<defect>/<stem>.png        BTAD
+    ground_truth/<defect>/<stem>/*.png      MVTec LOCO: several masks per image, united
+
+``<normal>`` is ``good`` (``ok`` for BTAD). The mask convention is found per image; a missing
+mask is an error naming the paths that were looked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .sample import LOGICAL, NORMAL, STRUCTURAL, DatasetError, Sample
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+KIND_BY_DEFECT = {"logical_anomalies": LOGICAL, "structural_anomalies": STRUCTURAL}
+
+
+@dataclass(frozen=True)
+class CategorySplits:
+    """The samples of one category as found on disk (before any validation hold-out)."""
+
+    train: list[Sample]
+    validation: list[Sample]
+    test: list[Sample]
+
+
+def list_images(directory: Path, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Image files directly inside ``directory``, sorted by name."""
+    allowed = {s.lower() for s in suffixes}
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in allowed)
+
+
+def _require_images(directory: Path, what: str) -> list[Path]:
+    if not directory.is_dir():
+        raise DatasetError(f"missing folder {directory}: expected {what}")
+    images = list_images(directory)
+    if not images:
+        raise DatasetError(f"empty folder {directory}: expected {what} (image files {', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+def find_masks(ground_truth: Path, defect: str, image: Path) -> tuple[Path, ...]:
+    """The mask file(s) of one anomalous image, in whichever convention the dataset uses."""
+    folder = ground_truth / defect
+    stem = image.stem
+    candidates = [folder / f"{stem}_mask.png", folder / f"{stem}.png"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return (candidate,)
+    per_image_dir = folder / stem
+    if per_image_dir.is_dir():
+        masks = list_images(per_image_dir, (".png",))
+        if masks:
+            return tuple(masks)
+        raise DatasetError(f"empty mask folder {per_image_dir}: expected 000.png, 001.png, ... for {image}")
+    looked = ", ".join(str(c) for c in [*candidates, per_image_dir / "000.png"])
+    raise DatasetError(f"no ground-truth mask for anomalous image {image}: looked for {looked}")
+
+
+def read_category(category_dir: Path, normal_name: str = NORMAL) -> CategorySplits:
+    """Read one category in the MVTec AD layout (see module docstring)."""
+    if not category_dir.is_dir():
+        raise DatasetError(f"missing category folder {category_dir}")
+    train = [
+        Sample(path, 0, NORMAL, NORMAL)
+        for path in _require_images(category_dir / "train" / normal_name, "normal training images")
+    ]
+    validation_dir = category_dir / "validation" / normal_name
+    validation = []
+    if validation_dir.exists():
+        validation = [
+            Sample(path, 0, NORMAL, NORMAL) for path in _require_images(validation_dir, "normal validation images")
+        ]
+    test_dir = category_dir / "test"
+    if not test_dir.is_dir():
+        raise DatasetError(f"missing folder {test_dir}: expected test/{normal_name} and test/<defect> folders")
+    ground_truth = category_dir / "ground_truth"
+    test: list[Sample] = []
+    defect_dirs = sorted(d for d in test_dir.iterdir() if d.is_dir())
+    if not any(d.name == normal_name for d in defect_dirs):
+        raise DatasetError(f"missing folder {test_dir / normal_name}: expected normal test images")
+    for defect_dir in defect_dirs:
+        images = _require_images(defect_dir, "test images")
+        if defect_dir.name == normal_name:
+            test.extend(Sample(path, 0, NORMAL, NORMAL) for path in images)
+            continue
+        kind = KIND_BY_DEFECT.get(defect_dir.name, STRUCTURAL)
+        test.extend(
+            Sample(path, 1, defect_dir.name, kind, find_masks(ground_truth, defect_dir.name, path)) for path in images
+        )
+    if not any(s.label == 1 for s in test):
+        raise DatasetError(f"no anomalous test images under {test_dir}: expected test/<defect>/ folders")
+    return CategorySplits(train=train, validation=validation, test=test)

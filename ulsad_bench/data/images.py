@@ -1,0 +1,99 @@
+"""Decoded images of one split, held in memory at the model's input size."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .sample import Sample, read_image, read_mask
+
+
+@dataclass
+class ImageSet:
+    """Images (and, for test sets, masks) of one split.
+
+    Attributes:
+        samples: the samples, in order.
+        images: uint8 ``[N, 3, S, S]``.
+        masks: bool ``[N, S, S]`` or None when masks were not read (train / validation).
+        key: identity of the file list and size, used to key feature caches.
+    """
+
+    samples: list[Sample]
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [s.kind for s in self.samples]
+
+    def float_images(self, indices: Sequence[int] | torch.Tensor | slice) -> torch.Tensor:
+        """Images ``[B, 3, S, S]`` as float32 in [0, 1]."""
+        return self.images[indices].float().div_(255.0)
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(indices [B], images [B, 3, S, S] float in [0, 1])``."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield idx, self.float_images(idx)
+
+
+def file_list_key(samples: Sequence[Sample], size: int) -> str:
+    """Hash of the files (path, byte size, modification time) and the image size."""
+    digest = hashlib.sha256(f"size={size}".encode())
+    for sample in samples:
+        stat = sample.path.stat()
+        digest.update(f"\n{sample.path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_image_set(
+    samples: Sequence[Sample],
+    size: int,
+    with_masks: bool,
+    desc: str,
+    workers: int = 4,
+    progress: bool = True,
+) -> ImageSet:
+    """Decode and resize every image (and mask) of a split, in a small thread pool."""
+    samples = list(samples)
+    images = np.empty((len(samples), 3, size, size), dtype=np.uint8)
+    masks = np.zeros((len(samples), size, size), dtype=bool) if with_masks else None
+
+    def load(index: int) -> None:
+        images[index] = read_image(samples[index].path, size)
+        if masks is not None:
+            masks[index] = read_mask(samples[index], size)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(
+            tqdm(pool.map(load, range(len(samples))), total=len(samples), desc=desc, leave=False, disable=not progress)
+        )
+    return ImageSet(
+        samples=samples,
+        images=torch.from_numpy(images),
+        masks=None if masks is None else torch.from_numpy(masks),
+        key=file_list_key(samples, size),
+    )

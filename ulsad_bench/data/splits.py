@@ -1,0 +1,130 @@
+"""From a dataset config to the train / validation / test samples of one category.
+
+Each dataset format has one reader returning :class:`CategorySplits` as found on disk. The
+validation split is then chosen by ``dataset.val_split``:
+
+``auto``      the dataset's own validation folder if it has one, else ``holdout``
+``holdout``   a fixed, seeded fraction (``val_fraction``, ``split_seed``) of the training
+              normals, removed from training
+``folder``    the dataset's validation folder (an error if there is none)
+``test_set``  the normal images of the *test* set, as the ULSAD authors' configs did
+              (``val_split_mode: same_as_test``). It calibrates on test data; records and
+              tables mark it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .folder import CategorySplits, read_category
+from .sample import DatasetError, Sample
+from .synthetic import SyntheticSpec, ensure_synthetic
+
+VAL_SPLITS = ("auto", "holdout", "folder", "test_set")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three splits of one category, and where the validation split came from."""
+
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    val_source: str
+    category_dir: Path
+
+    def counts(self) -> dict[str, int]:
+        counts = {
+            "train": len(self.train),
+            "val": len(self.val),
+            "test_normal": sum(s.label == 0 for s in self.test),
+            "test_anomalous": sum(s.label == 1 for s in self.test),
+        }
+        for kind in sorted({s.kind for s in self.test if s.label == 1}):
+            counts[f"test_{kind}"] = sum(s.kind == kind for s in self.test)
+        return counts
+
+
+Reader = Callable[[Any, Path], CategorySplits]
+READERS: dict[str, Reader] = {}
+
+
+def register_reader(fmt: str) -> Callable[[Reader], Reader]:
+    def wrap(fn: Reader) -> Reader:
+        READERS[fmt] = fn
+        return fn
+
+    return wrap
+
+
+def dataset_root(cfg: Any, cache_dir: Path) -> Path:
+    """The folder holding the dataset's categories (generated for the synthetic set)."""
+    if cfg.format == "synthetic":
+        spec = SyntheticSpec(**dict(cfg.synthetic))
+        return ensure_synthetic(cache_dir, spec)
+    if cfg.root is None:
+        raise DatasetError(
+            f"dataset.root is not set for dataset {cfg.name!r}: pass dataset.root=/path/to/{cfg.name} "
+            "(see the README for where to download it and which folder to give)"
+        )
+    root = Path(str(cfg.root)).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset.root {root} does not exist: expected the {cfg.name} folder with its categories")
+    return root
+
+
+def category_dir(cfg: Any, cache_dir: Path) -> Path:
+    categories = list(cfg.categories)
+    if cfg.category not in categories:
+        raise DatasetError(
+            f"unknown category {cfg.category!r} for dataset {cfg.name!r}: expected one of {', '.join(categories)}"
+        )
+    return dataset_root(cfg, cache_dir) / str(cfg.category)
+
+
+@register_reader("synthetic")
+@register_reader("mvtec")
+def _read_mvtec_layout(cfg: Any, directory: Path) -> CategorySplits:
+    return read_category(directory, normal_name=str(cfg.get("normal_name", "good")))
+
+
+def _holdout(train: list[Sample], fraction: float, seed: int, where: Path) -> tuple[list[Sample], list[Sample]]:
+    if not 0 < fraction < 1:
+        raise ValueError(f"dataset.val_fraction must be in (0, 1), got {fraction}")
+    if len(train) < 2:
+        raise DatasetError(f"{where}: need at least 2 training images to hold out a validation split")
+    n_val = min(len(train) - 1, max(1, round(fraction * len(train))))
+    order = np.random.default_rng(seed).permutation(len(train))
+    val_idx = set(order[:n_val].tolist())
+    return [s for i, s in enumerate(train) if i not in val_idx], [s for i, s in enumerate(train) if i in val_idx]
+
+
+def build_splits(cfg: Any, cache_dir: Path) -> Splits:
+    """Read one category (``cfg.category``) and choose its validation split."""
+    directory = category_dir(cfg, Path(cache_dir))
+    if cfg.format not in READERS:
+        raise ValueError(f"unknown dataset format {cfg.format!r}; known: {', '.join(sorted(READERS))}")
+    found = READERS[cfg.format](cfg, directory)
+    mode = str(cfg.get("val_split", "auto"))
+    if mode not in VAL_SPLITS:
+        raise ValueError(f"dataset.val_split must be one of {VAL_SPLITS}, got {mode!r}")
+    if mode == "auto":
+        mode = "folder" if found.validation else "holdout"
+    train = list(found.train)
+    if mode == "folder":
+        if not found.validation:
+            raise DatasetError(f"{directory} has no validation/ folder; use dataset.val_split=holdout")
+        val, source = list(found.validation), "validation folder"
+    elif mode == "holdout":
+        fraction, seed = float(cfg.val_fraction), int(cfg.split_seed)
+        train, val = _holdout(train, fraction, seed, directory)
+        source = f"holdout {fraction:g} of train (split_seed={seed})"
+    else:
+        val = [s for s in found.test if s.label == 0]
+        source = "test_set (normal TEST images, as the authors' configs)"
+    return Splits(train=train, val=val, test=list(found.test), val_source=source, category_dir=directory)

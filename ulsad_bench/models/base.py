@@ -1,0 +1,97 @@
+"""The interface every model of the harness implements.
+
+A model is built from its config (``conf/model/<name>.yaml``, ``_target_``), receives a
+:class:`RunContext` in :meth:`AnomalyModel.setup`, learns from normal images in
+:meth:`AnomalyModel.fit` (the validation split is for calibration only), then returns raw
+anomaly maps and image scores in :meth:`AnomalyModel.predict`. Models never compute metrics
+and never normalise scores for the metrics' sake: the harness scores every model the same
+way (:mod:`ulsad_bench.metrics`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import ImageSet
+from ..features import FeatureCache
+from .backbone import BackboneSpec
+
+
+@dataclass
+class Prediction:
+    """What a model returns for a batch.
+
+    Attributes:
+        maps: float ``[B, H, W]`` anomaly maps at the input resolution (higher = more anomalous).
+        scores: float ``[B]`` image anomaly scores.
+        extras: optional named maps ``[B, H, W]`` for figures (e.g. ULSAD's ``local`` and
+            ``global`` maps).
+    """
+
+    maps: torch.Tensor
+    scores: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """What the harness hands a model for one job."""
+
+    device: torch.device
+    seed: int
+    image_size: int
+    backbone: BackboneSpec
+    feature_cache: FeatureCache
+    precision: str = "fp32"
+    progress: bool = True
+    log: Callable[[str], None] = print
+    dataset_key: str = ""
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """bf16 autocast when ``precision=bf16`` on CUDA; None means full precision."""
+        if self.precision == "bf16" and self.device.type == "cuda":
+            return torch.bfloat16
+        return None
+
+
+class AnomalyModel(ABC):
+    """Base class of the harness's models (see module docstring)."""
+
+    #: config name of the model (``model=<name>``)
+    name: str = ""
+
+    def setup(self, ctx: RunContext) -> None:
+        """Build networks on ``ctx.device``; called once before :meth:`fit`."""
+        self.ctx = ctx
+
+    @abstractmethod
+    def fit(self, train: ImageSet, val: ImageSet) -> dict[str, Any]:
+        """Learn from the normal images of ``train``; calibrate on ``val`` (normal images).
+
+        Returns:
+            a JSON-able summary for the record (epochs, final loss, ...).
+        """
+
+    @abstractmethod
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Anomaly maps and scores for images ``[B, 3, H, W]`` in [0, 1] on ``ctx.device``."""
+
+    @abstractmethod
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every value that determines the model's behaviour, for the record."""
+
+    def inference_modules(self) -> list[nn.Module]:
+        """The torch modules used by :meth:`predict` (put in eval mode before inference)."""
+        return []
+
+    def eval(self) -> None:
+        for module in self.inference_modules():
+            module.eval()
