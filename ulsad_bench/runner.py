@@ -147,6 +147,9 @@ def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
     record["fit"] = model.fit(train, val)
     fit_s = time.perf_counter() - start
     record["hyperparameters"] = model.hyperparameters()
+    used = model.backbone_used()
+    record["backbone"] = used.name
+    record["weights"] = used.weights.as_record()
 
     start = time.perf_counter()
     maps, scores, extras = predict_all(model, test, device, int(cfg.eval_batch_size), progress)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data import ImageSet
 from ..features import FeatureCache
-from .backbone import BackboneSpec
+from .backbone import BackboneSpec, resolve_weights
 
 
 @dataclass
@@ -53,6 +53,23 @@ class RunContext:
     log: Callable[[str], None] = print
     dataset_key: str = ""
     generator: torch.Generator = field(default_factory=torch.Generator)
+
+    def backbone_spec(self, name: str) -> BackboneSpec:
+        """Another network under the job's weights policy (``imagenet`` or ``random``).
+
+        For models whose paper fixes its own backbone (DFR uses VGG19 whatever
+        ``backbone=`` says). A weights *file* belongs to the configured backbone only.
+        """
+        if name == self.backbone.name:
+            return self.backbone
+        kind = self.backbone.weights.kind
+        if kind == "file":
+            raise ValueError(
+                f"backbone.weights is a file for {self.backbone.name}; {name} needs its own: "
+                "use backbone.weights=imagenet (torch cache) or random"
+            )
+        seed = self.backbone.weights.random_init_seed or 0
+        return BackboneSpec(name, resolve_weights(name, kind, seed))
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -87,6 +104,10 @@ class AnomalyModel(ABC):
     @abstractmethod
     def hyperparameters(self) -> dict[str, Any]:
         """Every value that determines the model's behaviour, for the record."""
+
+    def backbone_used(self) -> BackboneSpec:
+        """The backbone this model actually ran on (recorded); the configured one by default."""
+        return self.ctx.backbone
 
     def inference_modules(self) -> list[nn.Module]:
         """The torch modules used by :meth:`predict` (put in eval mode before inference)."""
