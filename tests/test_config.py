@@ -27,3 +27,33 @@ def test_every_config_composes(group: str, choice: str) -> None:
 def test_synthetic_default_asks_for_random_weights_explicitly() -> None:
     assert compose_config([]).backbone.weights == "random"
     assert compose_config(["dataset=mvtec"]).backbone.weights == "imagenet"
+
+
+EXPERIMENTS = Path(CONF_DIR).parent / "experiments"
+ROWS = sorted(p.stem for p in (EXPERIMENTS / "ablation").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (EXPERIMENTS / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_every_ablation_row_builds_a_valid_ulsad(row: str) -> None:
+    from ulsad_bench.runner import build_model
+
+    cfg = compose_config(["model=ulsad", f"+ablation={row}"])
+    assert cfg.variant == f"t3-{row}"
+    model = build_model(cfg.model)
+    assert model.loss_pg in ("attention", "l2", "none")
+
+
+def test_table3_rows_follow_the_paper() -> None:
+    settings = {row: compose_config(["model=ulsad", f"+ablation={row}"]).model for row in ROWS}
+    assert settings["row10"].lambda_l == 0.5 and settings["row10"].loss_pg == "attention" and settings["row10"].loss_lg
+    assert settings["row1"].branch == "local" and settings["row1"].lambda_l == 0.0
+    assert settings["row4"].loss_pg == "l2" and settings["row4"].loss_lg and settings["row4"].lambda_g == 0.0
+    assert len(ROWS) == 10
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_experiment_preset_composes(preset: str) -> None:
+    cfg = compose_config([f"+experiment={preset}"])
+    OmegaConf.resolve(cfg)
+    assert cfg.model.name == "ulsad" and cfg.dataset.name == "mvtec_loco"

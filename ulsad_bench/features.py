@@ -1,4 +1,4 @@
-"""Cache of frozen backbone features, in memory and on disk.
+"""Cache of frozen backbone features (and other deterministic artefacts), in memory and on disk.
 
 Frozen features depend only on the images, the backbone, its weights, the layers and the
 image size, never on the run seed. They are computed once per such key and reused across
@@ -21,6 +21,14 @@ from typing import Any, ClassVar
 import torch
 
 
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    return value
+
+
 def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -32,7 +40,7 @@ class FeatureCache:
         hits / misses: counts since creation (a miss means the compute function ran).
     """
 
-    _memory: ClassVar[OrderedDict[str, torch.Tensor]] = OrderedDict()  # shared by all caches of a process
+    _memory: ClassVar[OrderedDict[str, Any]] = OrderedDict()  # shared by all caches of a process
     memory_items = 4
 
     def __init__(self, directory: Path | None, enabled: bool = True) -> None:
@@ -41,17 +49,21 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def _remember(self, key: str, value: torch.Tensor) -> None:
+    def _remember(self, key: str, value: Any) -> None:
         self._memory[key] = value
         self._memory.move_to_end(key)
         while len(self._memory) > self.memory_items:
             self._memory.popitem(last=False)
 
-    def get_or_compute(self, parts: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Return the cached tensor for ``parts`` or compute, store and return it (on CPU)."""
+    def get_or_compute(self, parts: dict[str, Any], compute: Callable[[], Any], keep_in_memory: bool = True) -> Any:
+        """Return the cached value for ``parts`` or compute, store and return it.
+
+        Values are tensors (kept on CPU) or dicts of tensors and plain values (e.g. a
+        trained model's state); ``keep_in_memory=False`` keeps large ones on disk only.
+        """
         if not self.enabled:
             self.misses += 1
-            return compute().cpu()
+            return _to_cpu(compute())
         key = cache_key(parts)
         if key in self._memory:
             self.hits += 1
@@ -63,12 +75,13 @@ class FeatureCache:
                 value = torch.load(path, map_location="cpu", weights_only=True)
             except (OSError, RuntimeError, EOFError):
                 value = None  # unreadable cache entry: recompute and overwrite
-            if isinstance(value, torch.Tensor):
+            if value is not None:
                 self.hits += 1
-                self._remember(key, value)
+                if keep_in_memory:
+                    self._remember(key, value)
                 return value
         self.misses += 1
-        value = compute().cpu()
+        value = _to_cpu(compute())
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
@@ -76,7 +89,8 @@ class FeatureCache:
             torch.save(value, tmp)
             os.replace(tmp, path)
             (path.with_suffix(".json")).write_text(json.dumps(parts, sort_keys=True, default=str, indent=1))
-        self._remember(key, value)
+        if keep_in_memory:
+            self._remember(key, value)
         return value
 
     @classmethod

@@ -43,7 +43,7 @@ PINBOX_LOGICAL = ("missing", "extra", "swapped")
 PINBOX_STRUCTURAL = ("scratch", "hole", "stain", "crack")
 
 _MANIFEST = "synthetic_manifest.json"
-GENERATOR_VERSION = 2  # bump when the rendering changes, so cached copies are regenerated
+GENERATOR_VERSION = 3  # bump when the rendering changes, so cached copies are regenerated
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class SyntheticSpec:
     n_validation: int = 10
     n_test_good: int = 12
     n_per_defect: int = 4
+    pin_jitter: float = 1.0  # pinbox: how far pins stray from compartment centres (1 = whole free range)
     seed: int = 0
 
     def digest(self) -> str:
@@ -168,6 +169,7 @@ class PinboxGeometry:
     """Pixel geometry of the ``pinbox`` scene at one resolution."""
 
     resolution: int
+    pin_jitter: float = 1.0
 
     @property
     def patch(self) -> int:
@@ -236,8 +238,11 @@ def _pin_mask(geometry: PinboxGeometry, center: tuple[int, int]) -> np.ndarray:
 
 
 def _random_pin(rng: np.random.Generator, geometry: PinboxGeometry, box) -> tuple[int, int]:
+    """A pin around the compartment's centre, within ``pin_jitter`` of the free range."""
     lo_x, hi_x, lo_y, hi_y = geometry.pin_range(box)
-    return int(rng.integers(lo_x, hi_x + 1)), int(rng.integers(lo_y, hi_y + 1))
+    cx, cy = (lo_x + hi_x) // 2, (lo_y + hi_y) // 2
+    jx, jy = round(geometry.pin_jitter * (hi_x - lo_x) / 2), round(geometry.pin_jitter * (hi_y - lo_y) / 2)
+    return int(rng.integers(cx - jx, cx + jx + 1)), int(rng.integers(cy - jy, cy + jy + 1))
 
 
 def _scene(geometry: PinboxGeometry, pins: list[tuple[tuple[int, int], tuple[int, int, int]]]) -> np.ndarray:
@@ -247,9 +252,9 @@ def _scene(geometry: PinboxGeometry, pins: list[tuple[tuple[int, int], tuple[int
     return image
 
 
-def render_pinbox_sample(rng: np.random.Generator, resolution: int, defect: str) -> Rendered:
+def render_pinbox_sample(rng: np.random.Generator, resolution: int, defect: str, pin_jitter: float = 1.0) -> Rendered:
     """One ``pinbox`` image; ``defect`` is ``good``, a logical or a structural defect name."""
-    geometry = PinboxGeometry(resolution)
+    geometry = PinboxGeometry(resolution, pin_jitter)
     boxes = geometry.compartments()
     top_color, bottom_color = (_RED, _BLUE) if rng.random() < 0.5 else (_BLUE, _RED)
     pins = [(_random_pin(rng, geometry, box), top_color if i < 3 else bottom_color) for i, box in enumerate(boxes)]
@@ -328,7 +333,7 @@ def _write_pinbox(root: Path, spec: SyntheticSpec, rng: np.random.Generator) -> 
     manifest = []
     for split, count in (("train", spec.n_train), ("validation", spec.n_validation), ("test", spec.n_test_good)):
         for i in range(count):
-            image = render_pinbox_sample(rng, spec.resolution, "good").image
+            image = render_pinbox_sample(rng, spec.resolution, "good", spec.pin_jitter).image
             _save_png(root / split / "good" / f"{i:03d}.png", image)
     for folder, kind, defects in (
         ("logical_anomalies", "logical", PINBOX_LOGICAL),
@@ -337,7 +342,7 @@ def _write_pinbox(root: Path, spec: SyntheticSpec, rng: np.random.Generator) -> 
         index = 0
         for defect in defects:
             for _ in range(spec.n_per_defect):
-                rendered = render_pinbox_sample(rng, spec.resolution, defect)
+                rendered = render_pinbox_sample(rng, spec.resolution, defect, spec.pin_jitter)
                 stem = f"{index:03d}"
                 _save_png(root / "test" / folder / f"{stem}.png", rendered.image)
                 for j, mask in enumerate(rendered.masks):
