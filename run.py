@@ -1,5 +1,7 @@
 """Hydra entry point: compose conf/ into one config and run one job (see ulsad_bench.runner)."""
 
+import os
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -7,6 +9,11 @@ from omegaconf import DictConfig
 
 import ulsad_bench  # noqa: F401  (registers the config resolvers)
 from ulsad_bench.runner import run
+
+# Inherited by launcher workers (joblib, submitit): keeps PatchCore's coreset loop from
+# fragmenting glibc's heap (see DESIGN.md). The Makefile exports it for this process too.
+os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -25,6 +25,9 @@ TINY_DATA = [
     "backbone.weights=random",
     "progress=false",
     "save_maps_per_defect=1",
+    "profile.batch_size=8",
+    "profile.warmup_batches=1",
+    "profile.timed_batches=2",
 ]
 
 

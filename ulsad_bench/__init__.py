@@ -1,5 +1,7 @@
 """ulsad-bench: a benchmark harness reproducing ULSAD (TMLR 2024) and its baselines."""
 
+import hashlib
+
 from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
@@ -10,7 +12,13 @@ def _variant_suffix(variant: object) -> str:
 
 
 def _subdir(name: object) -> str:
-    return "" if name in (None, "") else f"/{name}"
+    """``/<overrides>`` for a run folder; long override lists keep a prefix plus a hash."""
+    if name in (None, ""):
+        return ""
+    text = str(name)
+    if len(text) > 120:
+        text = f"{text[:100]}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+    return f"/{text}"
 
 
 if not OmegaConf.has_resolver("variant_suffix"):

@@ -22,12 +22,13 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from .data import ImageSet, build_splits, load_image_set
+from .data import ImageSet, Splits, build_splits, load_image_set
 from .environment import describe_device, resolve_device, seed_everything, versions
 from .features import FeatureCache
 from .metrics import evaluate
-from .models.backbone import BackboneSpec, resolve_weights
+from .models.backbone import BackboneSpec, WeightsInfo, resolve_weights
 from .models.base import AnomalyModel, Prediction, RunContext
+from .profiling import profile_inference
 from .records import completed_record, config_hash, summary_line, write_record
 
 log = logging.getLogger("ulsad_bench")
@@ -111,38 +112,47 @@ def save_map_preview(
     np.savez_compressed(run_dir / "maps.npz", **payload)
 
 
-def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
+def load_data(cfg: DictConfig) -> tuple[Splits, ImageSet, ImageSet, ImageSet]:
+    """The category's splits and their decoded images (test with masks)."""
+    splits = build_splits(cfg.dataset, Path(cfg.cache_dir))
+    size, progress = int(cfg.dataset.image_size), bool(cfg.progress)
+    train = load_image_set(splits.train, size, with_masks=False, desc="read train", progress=progress)
+    val = load_image_set(splits.val, size, with_masks=False, desc="read val", progress=progress)
+    test = load_image_set(splits.test, size, with_masks=True, desc="read test", progress=progress)
+    return splits, train, val, test
+
+
+def make_context(cfg: DictConfig, device: torch.device, weights: WeightsInfo) -> RunContext:
+    """What a model receives for this job (device, seed, backbone, caches, precision)."""
     seed = int(cfg.seed)
-    seed_everything(seed, bool(cfg.deterministic))
+    return RunContext(
+        device=device,
+        seed=seed,
+        image_size=int(cfg.dataset.image_size),
+        backbone=BackboneSpec(str(cfg.backbone.name), weights),
+        feature_cache=FeatureCache(Path(cfg.cache_dir) / "features", enabled=bool(cfg.feature_cache)),
+        precision=str(cfg.precision),
+        progress=bool(cfg.progress),
+        log=log.info,
+        dataset_key=f"{cfg.dataset.name}/{cfg.dataset.category}",
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
+    seed_everything(int(cfg.seed), bool(cfg.deterministic))
     device = resolve_device(str(cfg.device))
     record["device"] = describe_device(device)
     weights = resolve_weights(str(cfg.backbone.name), str(cfg.backbone.weights), int(cfg.backbone.random_init_seed))
     record["weights"] = weights.as_record()
 
-    splits = build_splits(cfg.dataset, Path(cfg.cache_dir))
+    splits, train, val, test = load_data(cfg)
     record["data"] = splits.counts()
     record["val_source"] = splits.val_source
-    size = int(cfg.dataset.image_size)
     progress = bool(cfg.progress)
-    train = load_image_set(splits.train, size, with_masks=False, desc="read train", progress=progress)
-    val = load_image_set(splits.val, size, with_masks=False, desc="read val", progress=progress)
-    test = load_image_set(splits.test, size, with_masks=True, desc="read test", progress=progress)
 
     model = build_model(cfg.model)
-    generator = torch.Generator().manual_seed(seed)
-    ctx = RunContext(
-        device=device,
-        seed=seed,
-        image_size=size,
-        backbone=BackboneSpec(str(cfg.backbone.name), weights),
-        feature_cache=FeatureCache(Path(cfg.cache_dir) / "features", enabled=bool(cfg.feature_cache)),
-        precision=str(cfg.precision),
-        progress=progress,
-        log=log.info,
-        dataset_key=f"{cfg.dataset.name}/{cfg.dataset.category}",
-        generator=generator,
-    )
-    model.setup(ctx)
+    model.setup(make_context(cfg, device, weights))
     start = time.perf_counter()
     record["fit"] = model.fit(train, val)
     fit_s = time.perf_counter() - start
@@ -155,6 +165,17 @@ def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
     maps, scores, extras = predict_all(model, test, device, int(cfg.eval_batch_size), progress)
     predict_s = time.perf_counter() - start
     record["timing"] = {"fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)}
+
+    if cfg.profile.enabled:
+        record["efficiency"] = profile_inference(
+            model,
+            test.images,
+            device,
+            batch_size=int(cfg.profile.batch_size),
+            warmup_batches=int(cfg.profile.warmup_batches),
+            timed_batches=int(cfg.profile.timed_batches),
+            precision=str(cfg.precision),
+        )
 
     assert test.masks is not None
     metrics, by_kind = evaluate(test.labels, scores, test.masks.numpy(), maps, test.kinds, float(cfg.fpr_limit))
@@ -201,6 +222,12 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
     except Exception as err:  # one job's failure is recorded, never lost, never fatal to a sweep
         record["status"] = "failed"
         record["error"] = f"{type(err).__name__}: {err}"
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            record["error"] += (
+                f" | out of GPU memory with model.batch_size={cfg.model.get('batch_size')}, "
+                f"eval_batch_size={cfg.eval_batch_size}, profile.batch_size={cfg.profile.batch_size}: "
+                "lower these (or dataset.image_size) and run again"
+            )
         record["traceback"] = traceback.format_exc(limit=20)
         log.error("job failed: %s", record["error"])
         if cfg.get("fail_fast", False):
@@ -210,4 +237,11 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_record(run_dir, record)
     log.info(summary_line(record))
+    if cfg.logger.name == "wandb":
+        try:
+            from .tracking import log_record
+
+            log_record(cfg.logger, record, run_dir)
+        except Exception as err:  # tracking must never lose or fail a finished job
+            log.error("wandb logging failed (the record is written): %s: %s", type(err).__name__, err)
     return record

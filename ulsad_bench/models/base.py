@@ -73,10 +73,10 @@ class RunContext:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        """bf16 autocast when ``precision=bf16`` on CUDA; None means full precision."""
-        if self.precision == "bf16" and self.device.type == "cuda":
-            return torch.bfloat16
-        return None
+        """bf16 autocast when ``precision=bf16`` (CUDA, or CPU for checks); None is full precision."""
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        return torch.bfloat16 if self.precision == "bf16" else None
 
 
 class AnomalyModel(ABC):
