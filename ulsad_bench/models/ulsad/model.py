@@ -188,25 +188,33 @@ class Ulsad(AnomalyModel):
             losses["lg"] = distance_loss(u_tilde[:, c:], u_hat, self.lambda_g, self.reduction)
         return losses
 
-    def _train(self, features: torch.Tensor, train: ImageSet) -> dict[str, Any]:
+    def _train(self, train: ImageSet, features: torch.Tensor | None, epochs: int | None = None) -> dict[str, Any]:
+        """Algorithm 1. ``features``: the cached U of ``train`` ``[N, c*, h, w]``; with None the
+        frozen backbone runs again on every batch (only to measure what the cache saves)."""
         device = self.ctx.device
+        epochs = self.epochs if epochs is None else epochs
         self.frn.train()
         self.global_ae.train()
         parameters = [*self.frn.parameters(), *self.global_ae.parameters()]
         optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
         images = train.images.to(device) if device.type == "cuda" else train.images
-        features = features.to(device) if device.type == "cuda" else features
+        if features is not None and device.type == "cuda":
+            features = features.to(device)
         generator = torch.Generator().manual_seed(self.ctx.seed)
         history: list[dict[str, float]] = []
-        bar = tqdm(range(self.epochs), desc="ulsad: train", leave=False, disable=not self.ctx.progress)
+        bar = tqdm(range(epochs), desc="ulsad: train", leave=False, disable=not self.ctx.progress)
         for epoch in bar:
             sums: dict[str, float] = {}
             steps = 0
             order = torch.randperm(len(train), generator=generator)
             for start in range(0, len(train), self.batch_size):
                 batch_idx = order[start : start + self.batch_size]
-                u = self._standardize(features[batch_idx.to(features.device)])
                 x = self._to_device(images[batch_idx.to(images.device)].float().div_(255.0))
+                if features is None:
+                    with self._autocast():
+                        u = self._standardize(self.aggregator(x).float())
+                else:
+                    u = self._standardize(features[batch_idx.to(features.device)])
                 with self._autocast():
                     u_tilde = self.frn(u)
                     u_hat = self.global_ae(x)
@@ -227,7 +235,7 @@ class Ulsad(AnomalyModel):
             history.append({name: value / steps for name, value in sums.items()})
             bar.set_postfix(loss=f"{history[-1]['total']:.4f}")
         return {
-            "epochs": self.epochs,
+            "epochs": epochs,
             "loss_first_epoch": history[0],
             "loss_last_epoch": history[-1],
             "loss_total_per_epoch": [round(h["total"], 6) for h in history],
@@ -267,7 +275,7 @@ class Ulsad(AnomalyModel):
         self.register_stats(mean.float(), std.float())
 
         def train_now() -> dict[str, Any]:
-            info = self._train(features, train)
+            info = self._train(train, features)
             return {"frn": self.frn.state_dict(), "global_ae": self.global_ae.state_dict(), "info": info}
 
         if self.reuse_trained:
