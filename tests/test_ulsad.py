@@ -17,6 +17,7 @@ from ulsad_bench.models.ulsad.networks import FeatureAggregator, FeatureReconstr
 # A small ULSAD: c* = 32 at 64 px (feature maps 8 x 8), for plumbing tests.
 TINY_ULSAD = [
     "model=ulsad",
+    "profile.enabled=false",
     "model.feature_dim=32",
     "model.epochs=3",
     "model.batch_size=4",
