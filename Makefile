@@ -19,6 +19,8 @@ MODELS ?= ulsad,patchcore,padim,efficientad,dfr
 SEEDS ?= 0,1,2,3,4
 RESULTS ?= outputs
 N_JOBS ?= 1
+DATASET_ROOT ?=
+LAUNCHER ?=
 
 .PHONY: install test test-all lint demo sweep tables bench clean
 
@@ -45,7 +47,8 @@ demo: install
 	$(PY) -m ulsad_bench.demo
 
 sweep: install
-	$(PY) -m ulsad_bench.sweep dataset=$(DATASET) models=$(MODELS) seeds=$(SEEDS) results=$(RESULTS) n_jobs=$(N_JOBS)
+	$(PY) -m ulsad_bench.sweep dataset=$(DATASET) models=$(MODELS) seeds=$(SEEDS) results=$(RESULTS) \
+		n_jobs=$(N_JOBS) root=$(DATASET_ROOT) launcher=$(LAUNCHER)
 
 tables: install
 	$(PY) -m ulsad_bench.report $(RESULTS) --out reports

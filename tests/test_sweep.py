@@ -177,3 +177,25 @@ def test_bad_input_fails_the_job_naming_the_file(tmp_path: Path, bad: str, share
     assert record["status"] == "failed"
     assert str(bad_image if bad == "unreadable" else root / "ground_truth" / "dent" / "0_mask.png") in record["error"]
     assert (earlier / RECORD_NAME).read_text() == '{"status": "ok"}'
+
+
+def test_make_sweep_covers_every_category_model_and_seed(shared_cache: Path, tmp_path: Path) -> None:
+    from ulsad_bench.sweep import main, sweep_command
+
+    command = sweep_command({"dataset": "synthetic", "models": "padim,ulsad", "seeds": "0,1", "n_jobs": "3"}, [])
+    assert "dataset.category=texture,pinbox" in command and "model=padim,ulsad" in command
+    assert "hydra/launcher=parallel" in command and "hydra.launcher.n_jobs=3" in command
+    out = tmp_path / "results"
+    code = main(
+        [
+            "dataset=synthetic",
+            "models=padim",
+            "seeds=0",
+            f"results={out}",
+            "--",
+            f"cache_dir={shared_cache}",
+            *TINY_DATA,
+        ]
+    )
+    assert code == 0
+    assert sorted(r["category"] for r in _records(out)) == ["pinbox", "texture"]
