@@ -1,6 +1,10 @@
-"""Hydra entry point: compose conf/ into one config and run one job (see ulsad_bench.runner)."""
+"""Hydra entry point: compose conf/ into one config and run one job (see ulsad_bench.runner).
+
+``dataset.category=all`` is expanded into the dataset's category list and run as a multirun.
+"""
 
 import os
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -9,6 +13,7 @@ from omegaconf import DictConfig
 
 import ulsad_bench  # noqa: F401  (registers the config resolvers)
 from ulsad_bench.runner import run
+from ulsad_bench.sweep import expand_all_categories
 
 # Inherited by launcher workers (joblib, submitit): keeps PatchCore's coreset loop from
 # fragmenting glibc's heap (see DESIGN.md). The Makefile exports it for this process too.
@@ -24,4 +29,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *expand_all_categories(sys.argv[1:])]
     main()

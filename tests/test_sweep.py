@@ -199,3 +199,16 @@ def test_make_sweep_covers_every_category_model_and_seed(shared_cache: Path, tmp
     )
     assert code == 0
     assert sorted(r["category"] for r in _records(out)) == ["pinbox", "texture"]
+
+
+def test_category_all_expands_into_a_multirun() -> None:
+    from ulsad_bench.sweep import expand_all_categories
+
+    assert expand_all_categories(["dataset=mvtec_loco", "dataset.category=all", "seed=0"]) == [
+        "-m",
+        "dataset=mvtec_loco",
+        "dataset.category=breakfast_box,juice_bottle,pushpins,screw_bag,splicing_connectors",
+        "seed=0",
+    ]
+    assert expand_all_categories(["-m", "dataset.category=all"]) == ["-m", "dataset.category=texture,pinbox"]
+    assert expand_all_categories(["seed=1"]) == ["seed=1"]

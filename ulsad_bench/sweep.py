@@ -85,6 +85,20 @@ def categories_of(dataset: str, overrides: list[str]) -> list[str]:
     return [str(c) for c in cfg.dataset.categories]
 
 
+def expand_all_categories(argv: list[str]) -> list[str]:
+    """Command-line arguments with ``dataset.category=all`` replaced by the dataset's categories.
+
+    The result is a multirun (``-m`` is added when missing).
+    """
+    if "dataset.category=all" not in argv:
+        return list(argv)
+    dataset = next((a.split("=", 1)[1] for a in argv if a.startswith("dataset=")), "synthetic")
+    root = [a for a in argv if a.startswith("dataset.root=")]
+    categories = ",".join(categories_of(dataset, root))
+    expanded = [f"dataset.category={categories}" if a == "dataset.category=all" else a for a in argv]
+    return expanded if {"-m", "--multirun"} & set(expanded) else ["-m", *expanded]
+
+
 def sweep_command(args: dict[str, str], extra: list[str]) -> list[str]:
     dataset = args.get("dataset", "synthetic")
     root_override = [f"dataset.root={args['root']}"] if args.get("root") else []
