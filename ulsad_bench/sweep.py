@@ -76,13 +76,15 @@ class SweepSummary(Callback):
         print(format_summary(summarize_sweep(Path(config.hydra.sweep.dir), self.started)), flush=True)
 
 
-def categories_of(dataset: str, overrides: list[str]) -> list[str]:
-    """The categories listed in ``conf/dataset/<dataset>.yaml``."""
+def dataset_categories(dataset: str, overrides: list[str]) -> list[str]:
+    """Every category listed in ``conf/dataset/<dataset>.yaml``."""
     from hydra import compose, initialize_config_dir
+
+    from .data import categories_of, with_category
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"dataset={dataset}", *overrides])
-    return [str(c) for c in cfg.dataset.categories]
+    return categories_of(with_category(cfg.dataset, "all"))
 
 
 def expand_all_categories(argv: list[str]) -> list[str]:
@@ -94,7 +96,7 @@ def expand_all_categories(argv: list[str]) -> list[str]:
         return list(argv)
     dataset = next((a.split("=", 1)[1] for a in argv if a.startswith("dataset=")), "synthetic")
     root = [a for a in argv if a.startswith("dataset.root=")]
-    categories = ",".join(categories_of(dataset, root))
+    categories = ",".join(dataset_categories(dataset, root))
     expanded = [f"dataset.category={categories}" if a == "dataset.category=all" else a for a in argv]
     return expanded if {"-m", "--multirun"} & set(expanded) else ["-m", *expanded]
 
@@ -102,7 +104,7 @@ def expand_all_categories(argv: list[str]) -> list[str]:
 def sweep_command(args: dict[str, str], extra: list[str]) -> list[str]:
     dataset = args.get("dataset", "synthetic")
     root_override = [f"dataset.root={args['root']}"] if args.get("root") else []
-    categories = args.get("categories") or ",".join(categories_of(dataset, root_override))
+    categories = args.get("categories") or ",".join(dataset_categories(dataset, root_override))
     launcher = args.get("launcher") or ("parallel" if int(args.get("n_jobs", "1")) > 1 else "basic")
     command = [
         sys.executable,

@@ -1,10 +1,12 @@
 """Datasets: one :class:`Sample` type, readers for the published layouts, the synthetic set."""
 
+from . import btad, visa  # noqa: F401  (register the btad and visa readers)
 from .images import ImageSet, load_image_set
 from .sample import LOGICAL, NORMAL, STRUCTURAL, DatasetError, Sample, read_image, read_mask
-from .splits import Splits, build_splits, dataset_root
+from .splits import ALL, Splits, build_splits, categories_of, dataset_root, with_category
 
 __all__ = [
+    "ALL",
     "LOGICAL",
     "NORMAL",
     "STRUCTURAL",
@@ -13,8 +15,10 @@ __all__ = [
     "Sample",
     "Splits",
     "build_splits",
+    "categories_of",
     "dataset_root",
     "load_image_set",
     "read_image",
     "read_mask",
+    "with_category",
 ]

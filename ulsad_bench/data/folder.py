@@ -7,11 +7,12 @@ One category directory holds::
     test/<normal>/*.png                     normal test images
     test/<defect>/*.png                     anomalous test images, one folder per defect type
     ground_truth/<defect>/<stem>_mask.png   MVTec AD, MPDD
-    ground_truth/<defect>/<stem>.png        BTAD
+    ground_truth/<defect>/<stem>.png        BTAD (``.bmp`` for its product 03), anomalib's VisA copy
     ground_truth/<defect>/<stem>/*.png      MVTec LOCO: several masks per image, united
 
 ``<normal>`` is ``good`` (``ok`` for BTAD). The mask convention is found per image; a missing
-mask is an error naming the paths that were looked for.
+mask is an error naming the paths that were looked for. Mask files end in ``.png`` unless the
+reader passes other ``mask_suffixes``.
 """
 
 from __future__ import annotations
@@ -50,17 +51,20 @@ def _require_images(directory: Path, what: str) -> list[Path]:
     return images
 
 
-def find_masks(ground_truth: Path, defect: str, image: Path) -> tuple[Path, ...]:
+def find_masks(
+    ground_truth: Path, defect: str, image: Path, mask_suffixes: tuple[str, ...] = (".png",)
+) -> tuple[Path, ...]:
     """The mask file(s) of one anomalous image, in whichever convention the dataset uses."""
     folder = ground_truth / defect
     stem = image.stem
-    candidates = [folder / f"{stem}_mask.png", folder / f"{stem}.png"]
+    candidates = [folder / f"{stem}_mask{suffix}" for suffix in mask_suffixes]
+    candidates += [folder / f"{stem}{suffix}" for suffix in mask_suffixes]
     for candidate in candidates:
         if candidate.is_file():
             return (candidate,)
     per_image_dir = folder / stem
     if per_image_dir.is_dir():
-        masks = list_images(per_image_dir, (".png",))
+        masks = list_images(per_image_dir, mask_suffixes)
         if masks:
             return tuple(masks)
         raise DatasetError(f"empty mask folder {per_image_dir}: expected 000.png, 001.png, ... for {image}")
@@ -68,7 +72,9 @@ def find_masks(ground_truth: Path, defect: str, image: Path) -> tuple[Path, ...]
     raise DatasetError(f"no ground-truth mask for anomalous image {image}: looked for {looked}")
 
 
-def read_category(category_dir: Path, normal_name: str = NORMAL) -> CategorySplits:
+def read_category(
+    category_dir: Path, normal_name: str = NORMAL, mask_suffixes: tuple[str, ...] = (".png",)
+) -> CategorySplits:
     """Read one category in the MVTec AD layout (see module docstring)."""
     if not category_dir.is_dir():
         raise DatasetError(f"missing category folder {category_dir}")
@@ -97,7 +103,8 @@ def read_category(category_dir: Path, normal_name: str = NORMAL) -> CategorySpli
             continue
         kind = KIND_BY_DEFECT.get(defect_dir.name, STRUCTURAL)
         test.extend(
-            Sample(path, 1, defect_dir.name, kind, find_masks(ground_truth, defect_dir.name, path)) for path in images
+            Sample(path, 1, defect_dir.name, kind, find_masks(ground_truth, defect_dir.name, path, mask_suffixes))
+            for path in images
         )
     if not any(s.label == 1 for s in test):
         raise DatasetError(f"no anomalous test images under {test_dir}: expected test/<defect>/ folders")

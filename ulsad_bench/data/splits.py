@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
 from .folder import CategorySplits, read_category
 from .sample import DatasetError, Sample
 from .synthetic import SyntheticSpec, ensure_synthetic
 
 VAL_SPLITS = ("auto", "holdout", "folder", "test_set")
+ALL = "all"  # dataset.category=all: every category listed in the dataset's config
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,39 @@ def dataset_root(cfg: Any, cache_dir: Path) -> Path:
     return root
 
 
-def category_dir(cfg: Any, cache_dir: Path) -> Path:
-    categories = list(cfg.categories)
-    if cfg.category not in categories:
+def categories_of(cfg: Any) -> list[str]:
+    """The categories a dataset config names: ``[cfg.category]``, or every listed one for ``all``.
+
+    ``cfg`` is the ``dataset`` node. Raises :class:`DatasetError` for a category that is not in
+    ``cfg.categories``.
+    """
+    listed = [str(c) for c in cfg.categories]
+    chosen = str(cfg.category)
+    if chosen == ALL:
+        return listed
+    if chosen not in listed:
         raise DatasetError(
-            f"unknown category {cfg.category!r} for dataset {cfg.name!r}: expected one of {', '.join(categories)}"
+            f"unknown category {chosen!r} for dataset {cfg.name!r}: expected one of {', '.join(listed)} (or {ALL})"
         )
-    return dataset_root(cfg, cache_dir) / str(cfg.category)
+    return [chosen]
+
+
+def with_category(cfg: Any, category: str) -> DictConfig:
+    """A copy of the ``dataset`` config node with ``category`` set (for iterating ``categories_of``)."""
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    copy.category = category
+    return copy
+
+
+def category_dir(cfg: Any, cache_dir: Path) -> Path:
+    if str(cfg.category) == ALL:
+        raise DatasetError(
+            f"dataset.category={ALL} names all {len(cfg.categories)} categories of {cfg.name!r}, but a job reads "
+            f"one: run them as a multirun (make sweep DATASET={cfg.name}, or -m dataset.category="
+            f"{','.join(str(c) for c in cfg.categories)}); python -m ulsad_bench.data checks them all"
+        )
+    (category,) = categories_of(cfg)
+    return dataset_root(cfg, cache_dir) / category
 
 
 @register_reader("synthetic")
