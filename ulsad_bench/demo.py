@@ -1,4 +1,8 @@
-"""``make demo``: the main jobs on the built-in synthetic dataset, then a summary."""
+"""``make demo``: the main jobs on the built-in synthetic dataset, a summary, then the tables.
+
+The report (``python -m ulsad_bench.report outputs/demo --out reports``) writes the tables and
+figures for the demo's runs to ``reports/`` and prints Table 1.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import sys
 from pathlib import Path
 
 from .records import main as list_records
+from .report import main as report
 
 RESULTS = Path("outputs/demo")
+REPORTS = Path("reports")
 MODELS = "padim"
 
 
@@ -24,7 +30,9 @@ def main() -> int:
     ]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
-    return list_records([str(RESULTS)])
+    list_records([str(RESULTS)])
+    print(flush=True)
+    return report([str(RESULTS), "--out", str(REPORTS)])
 
 
 if __name__ == "__main__":

@@ -136,10 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         print(f"the sweep exited with code {code}; records written so far are kept", file=sys.stderr)
     report = [sys.executable, "-m", "ulsad_bench.report", args.get("results", "outputs"), "--out", "reports"]
-    if (REPO / "ulsad_bench" / "report" / "__main__.py").is_file():
-        print("+", shlex.join(report), flush=True)
-        code = subprocess.run(report, cwd=REPO).returncode or code
-    return code
+    print("+", shlex.join(report), flush=True)
+    return subprocess.run(report, cwd=REPO).returncode or code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""What a table's numbers stand on: seeds, missing cells and why, failures, conflicts, weights.
+
+An :class:`Audit` measures every cell of one table (:meth:`Audit.measure`) and remembers what
+it saw; :meth:`Audit.finish` then writes the table's warnings (random-init backbones, validation
+on test images, fewer than five seeds, missing cells, conflicts) and notes (conventions, which
+cells are missing and why, failed records, conflicts, weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from .aggregate import FULL_SEEDS, category_stat, dataset_stat
+from .load import EFFICIENCY_COLUMNS, KIND_COLUMNS, Results
+from .table import CPU_MARK, PARTIAL_MARK, SEED_MARK, Table, Value, value_of
+
+RANDOM_WARNING = "RANDOM-INIT BACKBONE: not comparable to the paper"
+TEST_VAL_WARNING = "VALIDATION ON TEST IMAGES: calibration/stopping saw the test set"
+CONVENTIONS = (
+    "Values in percent (throughput in images/s, memory in GB of 2^30 bytes): mean ± sample standard deviation "
+    "(ddof = 1) over seeds; no ± for a single seed.",
+    "Dataset means (Mean rows; Tables 1-4): per seed the mean over categories, then mean ± std over the seeds "
+    "present in every category.",
+)
+RANK_NOTE = (
+    "Best in bold, second best underlined, per {per} ({direction}); compared as printed: ties share a mark and "
+    "the next distinct value is second."
+)
+LIST_LIMIT = 40
+
+
+def _short_list(items: Sequence[str]) -> str:
+    shown = list(dict.fromkeys(items))
+    more = f"; … and {len(shown) - LIST_LIMIT} more" if len(shown) > LIST_LIMIT else ""
+    return "; ".join(shown[:LIST_LIMIT]) + more
+
+
+class Audit:
+    """Measures a table's cells and collects its warnings and notes."""
+
+    def __init__(self, results: Results) -> None:
+        self.results = results
+        self.random: dict[str, None] = {}
+        self.val_test: dict[str, str] = {}
+        self.few_seeds = False
+        self.partial: dict[str, str] = {}
+        self.dropped: dict[str, str] = {}
+        self.missing: dict[str, list[str]] = {}
+        self.failed: dict[str, str] = {}
+        self.conflicts: dict[str, str] = {}
+        self.weights: dict[str, None] = {}
+        self.cpu_memory = False
+        self.extra_warnings: list[str] = []
+        self.extra_notes: list[str] = []
+
+    def measure(
+        self,
+        frame: pd.DataFrame,
+        column: str,
+        where: str,
+        scope: dict[str, Any],
+        expected: Sequence[str] | None = None,
+        decimals: int = 2,
+    ) -> Value:
+        """One cell: a single category's records (``expected`` None) or a dataset mean over
+        ``expected`` categories. ``scope`` selects the cell's records of every status."""
+        self.observe(frame, where, scope)
+        stat = category_stat(frame, column) if expected is None else dataset_stat(frame, column, expected)
+        if stat is None:
+            self.missing.setdefault(self.reason(scope, column, frame), []).append(where)
+            return Value(None)
+        value = value_of(stat, decimals)
+        self.few_seeds |= stat.n < FULL_SEEDS
+        if stat.missing_categories:
+            self.partial[where] = (
+                f"{where}: {stat.categories} of {stat.categories + len(stat.missing_categories)} categories "
+                f"(missing: {', '.join(stat.missing_categories)})"
+            )
+        if stat.dropped_seeds:
+            seeds = ", ".join(str(s) for s in stat.dropped_seeds)
+            self.dropped[where] = f"{where}: seed(s) {seeds} (not run in every category)"
+        if column == "gpu_memory_gb" and (frame["memory_kind"] == "cpu_peak_rss").any():
+            value.marks.append(CPU_MARK)
+            self.cpu_memory = True
+        return value
+
+    def observe(self, frame: pd.DataFrame, where: str, scope: dict[str, Any]) -> None:
+        """Note the weights, validation source, failures and conflicts behind a cell."""
+        head = where.split(" / ")[0]
+        columns = ("weights_kind", "weights_sha256", "val_on_test", "val_source")
+        for kind, sha, on_test, source in set(zip(*(frame[c] for c in columns), strict=True)):
+            self.weights[f"{kind} (sha256 {sha[:12]})" if sha else str(kind)] = None
+            if kind == "random":
+                self.random[head] = None
+            if on_test:
+                self.val_test[head] = str(source)
+        every = self.results.scope(**scope)
+        for path, status, seed, error in zip(
+            every["path"], every["status"], every["seed"], every["error"], strict=True
+        ):
+            if status != "ok":
+                self.failed[path] = f"{where} seed {seed}: {error}"
+        for conflict in self.results.conflicts:
+            if all(conflict.get(k) == v for k, v in scope.items()):
+                self.conflicts[conflict["paths"][0]] = (
+                    f"{conflict['model']} / {conflict['dataset']} / {conflict['category']}"
+                    f"{' / ' + conflict['variant'] if conflict['variant'] else ''} / {conflict['backbone']} "
+                    f"seeds {conflict['seeds']}: {conflict['detail']}"
+                )
+
+    def reason(self, scope: dict[str, Any], column: str, frame: pd.DataFrame) -> str:
+        """Why a cell is empty."""
+        every = self.results.scope(**scope)
+        if every.empty:
+            return "no record"
+        ok = every[every["status"] == "ok"]
+        if ok.empty:
+            return "every record failed (see Failed records)"
+        if (ok["excluded"] != "").all():
+            return "conflicting records left out (see Conflicts)"
+        if column in EFFICIENCY_COLUMNS:
+            return "no efficiency measurement in the records"
+        if column in KIND_COLUMNS:
+            return "no per-kind metrics in the records"
+        if not frame.dropna(subset=[column]).empty:
+            return "no seed present in every category"
+        return f"no {column} in the records"
+
+    def finish(self, table: Table, per: str | None, direction: str = "higher is better") -> Table:
+        """Write the collected warnings and notes into ``table`` (``per`` None: no best marks)."""
+        warnings = []
+        if self.random:
+            warnings.append(RANDOM_WARNING)
+        if self.val_test:
+            warnings.append(TEST_VAL_WARNING)
+        if self.few_seeds:
+            warnings.append(f"FEWER THAN {FULL_SEEDS} SEEDS in cells marked {SEED_MARK}n")
+        if self.missing:
+            warnings.append("MISSING CELLS (—): see the notes")
+        if self.conflicts:
+            warnings.append("CONFLICTING RECORDS LEFT OUT: see the notes")
+        table.warnings = warnings + self.extra_warnings
+        notes = list(CONVENTIONS)
+        if per:
+            notes.append(RANK_NOTE.format(per=per, direction=direction))
+        if self.few_seeds:
+            notes.append(f"{SEED_MARK}n: mean over n < {FULL_SEEDS} seeds (the paper: 5 seeds).")
+        if self.partial:
+            partial = _short_list(list(self.partial.values()))
+            notes.append(f"{PARTIAL_MARK}: mean over part of the categories (not ranked): {partial}.")
+        if self.dropped:
+            notes.append(f"Seeds left out of a mean: {_short_list(list(self.dropped.values()))}.")
+        if self.cpu_memory:
+            notes.append(
+                f"{CPU_MARK}: measured on CPU: the process's peak resident memory (interpreter and libraries "
+                "included), not GPU memory: not comparable to the paper's GPU memory."
+            )
+        if self.random:
+            notes.append(f"Random-init backbone (not ImageNet): {', '.join(self.random)}.")
+        if self.val_test:
+            notes.append(
+                "Validation on test images: " + "; ".join(f"{k} ({v})" for k, v in self.val_test.items()) + "."
+            )
+        for reason, wheres in self.missing.items():
+            notes.append(f"Missing (—), {reason}: {_short_list(wheres)}.")
+        if self.failed:
+            notes.append(f"Failed records (not averaged in): {_short_list(list(self.failed.values()))}.")
+        if self.conflicts:
+            notes.append(f"Conflicts (left out): {_short_list(list(self.conflicts.values()))}.")
+        if self.weights:
+            notes.append(f"Backbone weights: {', '.join(self.weights)}.")
+        table.notes = notes + self.extra_notes
+        return table

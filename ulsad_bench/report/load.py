@@ -1,0 +1,227 @@
+"""Run records -> one pandas DataFrame (one row per record), with failed and conflicting records set apart.
+
+A *cell* of a table is ``(dataset, category, model, variant, backbone)`` aggregated over seeds.
+Before anything is averaged, :func:`load_results` checks every cell:
+
+- two ok records of one cell and seed with the same config hash are the same job twice (a copied
+  folder): the one finished last is kept, the other is listed as a duplicate;
+- two ok records of one cell and seed with *different* config hashes are an error: neither is
+  used, and the conflict is listed with the config keys that differ;
+- ok records of one cell whose configs differ beyond the seed (ignoring where a job wrote, how it
+  logged, ``dataset.root``, ``device`` and the profiling settings) are an error too: the cell is
+  left empty and the conflict listed. Runs that differ on purpose belong in different variants.
+
+Failed and unreadable records are kept in :attr:`Results.failed` and never averaged in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..records import NON_RESULT_KEYS, find_records, read_record
+from .naming import KINDS, METRICS
+
+CELL = ["dataset", "category", "model", "variant", "backbone"]
+# config keys (flattened, dotted) that do not make two runs of one cell different experiments
+IGNORED_PREFIXES = (*NON_RESULT_KEYS, "seed", "dataset.root", "device", "save_maps_per_defect", "profile")
+ULSAD_KEYS = ("lambda_l", "lambda_g", "loss_pg", "loss_lg", "branch", "alpha", "beta")
+KIND_COLUMNS = tuple(f"{kind}_{metric}" for kind in KINDS for metric in METRICS)
+EFFICIENCY_COLUMNS = ("throughput", "gpu_memory_gb")
+
+
+@dataclass
+class Results:
+    """Every record under a results folder.
+
+    Attributes:
+        records: one row per readable record (ok and failed), metrics in percent; column
+            ``excluded`` says why an ok record is not used ("" when it is).
+        failed: failed or unreadable records (path, cell, seed, error).
+        conflicts: one dict per conflict (cell, seeds, detail, paths).
+        duplicates: one line per record dropped as a duplicate.
+        root: the results folder.
+    """
+
+    records: pd.DataFrame
+    failed: pd.DataFrame
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    root: Path = Path(".")
+
+    _scopes: dict[tuple[tuple[str, Any], ...], pd.DataFrame] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        """The records tables are built from: status ok, not excluded."""
+        frame = self.records
+        return frame[(frame["status"] == "ok") & (frame["excluded"] == "")]
+
+    def scope(self, **where: Any) -> pd.DataFrame:
+        """Records of every status matching ``column=value`` pairs (cached: tables ask often)."""
+        key = tuple(sorted(where.items()))
+        if key not in self._scopes:
+            frame = self.records[[*CELL, "seed", "status", "excluded", "error", "path"]]
+            mask = pd.Series(True, index=frame.index)
+            for column, value in where.items():
+                mask &= frame[column] == value
+            self._scopes[key] = frame[mask]
+        return self._scopes[key]
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists kept as values)."""
+    if not isinstance(config, dict):
+        return {prefix: config}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(flatten(value, name) if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def _ignored(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in IGNORED_PREFIXES)
+
+
+def experiment_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config keys that make two runs of one cell the same experiment."""
+    return {k: v for k, v in flatten(config).items() if not _ignored(k)}
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """Hash of :func:`experiment_config`: equal for the seeds of one experiment."""
+    return hashlib.sha256(json.dumps(experiment_config(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _pct(value: Any) -> float:
+    return float("nan") if value is None else 100.0 * float(value)
+
+
+def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    config = record.get("config") or {}
+    model_cfg = config.get("model") or {}
+    weights = record.get("weights") or {}
+    metrics = record.get("metrics") or {}
+    efficiency = record.get("efficiency") or {}
+    seed = record.get("seed")
+    row: dict[str, Any] = {
+        "path": str(path),
+        "run_dir": str(path.parent),
+        "status": str(record.get("status", "unknown")),
+        "error": str(record.get("error", "")),
+        "model": str(record.get("model", "")),
+        "variant": record.get("variant") or "",
+        "dataset": str(record.get("dataset", "")),
+        "category": str(record.get("category", "")),
+        "seed": int(seed) if seed is not None else -1,
+        "backbone": str(record.get("backbone", "")),
+        "weights_kind": str(weights.get("kind", "")),
+        "weights_sha256": str(weights.get("sha256") or ""),
+        "val_source": str(record.get("val_source", "")),
+        "config_hash": str(record.get("config_hash", "")),
+        "config_key": config_key(config),
+        "experiment": json.dumps(experiment_config(config), sort_keys=True, default=str),
+        "finished": str(record.get("finished", "")),
+        "device": str(record.get("device", "")),
+        "precision": str(record.get("precision", "")),
+        "categories": tuple(str(c) for c in (config.get("dataset") or {}).get("categories") or ()),
+    }
+    row["val_on_test"] = "TEST" in row["val_source"]
+    for metric in METRICS:
+        row[metric] = _pct(metrics.get(metric))
+    by_kind = record.get("metrics_by_kind") or {}
+    for kind in KINDS:
+        for metric in METRICS:
+            row[f"{kind}_{metric}"] = _pct((by_kind.get(kind) or {}).get(metric))
+    row["throughput"] = float(efficiency.get("throughput_img_s", float("nan")))
+    row["gpu_memory_gb"] = float(efficiency.get("peak_memory_mb", float("nan"))) / 1024.0
+    row["memory_kind"] = str(efficiency.get("memory_kind", ""))
+    row["efficiency_device"] = str(efficiency.get("device", ""))
+    row["efficiency_batch_size"] = efficiency.get("batch_size")
+    for key in ULSAD_KEYS:
+        row[key] = model_cfg.get(key) if row["model"] == "ulsad" else None
+    return row
+
+
+def _differing_keys(configs: list[dict[str, Any]], limit: int = 4) -> str:
+    flat = [experiment_config(c) for c in configs]
+    keys = sorted(set().union(*flat))
+    parts = []
+    for key in keys:
+        values = [json.dumps(f.get(key), default=str) for f in flat]
+        if len(set(values)) > 1:
+            parts.append(f"{key}: {' vs '.join(dict.fromkeys(values))}")
+    more = f" (+{len(parts) - limit} more keys)" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more if parts else "config hashes differ"
+
+
+def _check_cells(frame: pd.DataFrame, configs: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Set ``excluded`` on duplicate and conflicting ok records; return (conflicts, duplicates)."""
+    conflicts: list[dict[str, Any]] = []
+    duplicates: list[str] = []
+    ok = frame[frame["status"] == "ok"]
+    for cell, group in ok.groupby(CELL, sort=True):
+        for seed, same_seed in group.groupby("seed"):
+            if len(same_seed) < 2:
+                continue
+            if same_seed["config_hash"].nunique() == 1:
+                keep = same_seed.sort_values(["finished", "path"]).index[-1]
+                for index in same_seed.index.drop(keep):
+                    frame.loc[index, "excluded"] = "duplicate"
+                    duplicates.append(f"{frame.loc[index, 'path']} (same job as {frame.loc[keep, 'path']})")
+            else:
+                frame.loc[same_seed.index, "excluded"] = "conflict"
+                conflicts.append(
+                    {
+                        **dict(zip(CELL, cell, strict=True)),
+                        "seeds": [int(seed)],
+                        "detail": "records of one seed with different config hashes: "
+                        + _differing_keys([configs[p] for p in same_seed["path"]]),
+                        "paths": list(same_seed["path"]),
+                    }
+                )
+        kept = frame.loc[group.index]
+        kept = kept[kept["excluded"] == ""]
+        if kept["config_key"].nunique() > 1:
+            frame.loc[kept.index, "excluded"] = "conflict"
+            conflicts.append(
+                {
+                    **dict(zip(CELL, cell, strict=True)),
+                    "seeds": sorted(int(s) for s in kept["seed"].unique()),
+                    "detail": "seeds of one cell run with different configs (give each its own variant): "
+                    + _differing_keys([configs[p] for p in kept["path"]]),
+                    "paths": list(kept["path"]),
+                }
+            )
+    return conflicts, duplicates
+
+
+def load_results(root: Path | str) -> Results:
+    """Read every ``record.json`` under ``root`` (see the module docstring for the checks)."""
+    root = Path(root)
+    rows: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    configs: dict[str, dict[str, Any]] = {}
+    for path in find_records(root):
+        record = read_record(path)
+        if record is None:
+            failed.append({"path": str(path), "status": "unreadable", "error": "not a readable JSON record"})
+            continue
+        row = _row(path, record)
+        configs[row["path"]] = record.get("config") or {}
+        rows.append(row)
+        if row["status"] != "ok":
+            failed.append({k: row[k] for k in ("path", "status", "error", *CELL, "seed")})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        frame = pd.DataFrame(columns=[*CELL, "path", "status", "seed", "config_key", "config_hash"])
+    frame["excluded"] = ""
+    conflicts, duplicates = _check_cells(frame, configs)
+    failed_frame = pd.DataFrame(failed, columns=["path", "status", "error", *CELL, "seed"])
+    return Results(records=frame, failed=failed_frame, conflicts=conflicts, duplicates=duplicates, root=root)

@@ -1,0 +1,95 @@
+"""Names and orders as the paper prints them: methods, datasets, metrics, backbones, table numbers.
+
+Method names are the paper's short column names (Tables 4, 7-30); Tables 1-2 print two of
+them in full (``LONG_NAMES``). The CSV of published numbers (``paper_results.csv``) uses the
+short names.
+"""
+
+from __future__ import annotations
+
+# model (config ``model.name``) -> the paper's method name
+MODEL_METHOD = {"padim": "PaDiM", "patchcore": "PatchCore", "efficientad": "EffAD", "dfr": "DFR", "ulsad": "ULSAD"}
+# column order of Tables 4 and 7-27
+PAPER_METHODS = ("CFLOW", "DRÆM", "FastFlow", "PaDiM", "PatchCore", "RD", "DFR", "EffAD", "ULSAD")
+# row order of Tables 1 and 2
+TABLE1_ORDER = ("PatchCore", "CFLOW", "DRÆM", "EffAD", "FastFlow", "PaDiM", "RD", "DFR", "ULSAD")
+LONG_NAMES = {"EffAD": "EfficientAD", "RD": "Reverse Distillation"}
+
+# column order of Tables 1 and 2; any other dataset (e.g. synthetic) follows, sorted
+PAPER_DATASETS = ("btad", "mpdd", "mvtec", "mvtec_loco", "visa")
+DATASET_LABEL = {
+    "btad": "BTAD",
+    "mpdd": "MPDD",
+    "mvtec": "MVTec",
+    "mvtec_loco": "MVTec-LOCO",
+    "visa": "VisA",
+    "synthetic": "Synthetic",
+}
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+METRIC_LABEL = {
+    "image_auroc": "I-AUROC",
+    "pixel_auroc": "P-AUROC",
+    "aupro": "AUPRO",
+    "throughput": "Throughput (img/s)",
+    "gpu_memory_gb": "GPU memory (GB)",
+}
+METRIC_TITLE = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO"}
+LOWER_IS_BETTER = frozenset({"gpu_memory_gb"})
+KINDS = ("structural", "logical")  # the order of Tables 22-27
+
+# (dataset, metric) -> the paper's extended table (Tables 7-21)
+EXTENDED_TABLES = {
+    (dataset, metric): first + offset
+    for dataset, first in (("mvtec", 7), ("mvtec_loco", 10), ("mpdd", 13), ("btad", 16), ("visa", 19))
+    for offset, metric in enumerate(METRICS)
+}
+# (kind, metric) -> the paper's MVTec LOCO per-kind table (Tables 22-27)
+KIND_TABLES = {
+    (kind, metric): first + offset
+    for kind, first in (("structural", 22), ("logical", 25))
+    for offset, metric in enumerate(METRICS)
+}
+
+# Table 30 / Figure 7 column order; the paper prints "Wide-ResNet100-2" for wide_resnet101_2
+BACKBONE_ORDER = ("resnet18", "resnet50", "resnet152", "wide_resnet50_2", "wide_resnet101_2", "vgg19")
+BACKBONE_LABEL = {
+    "resnet18": "ResNet18",
+    "resnet50": "ResNet50",
+    "resnet152": "ResNet152",
+    "wide_resnet50_2": "Wide-ResNet50-2",
+    "wide_resnet101_2": "Wide-ResNet101-2",
+    "vgg19": "VGG19",
+}
+PAPER_BACKBONE = "wide_resnet50_2"
+
+
+def method_name(model: str) -> str:
+    """The paper's name for a model (its config name, capitalised, when the paper has none)."""
+    return MODEL_METHOD.get(model, model.capitalize())
+
+
+def long_method_name(method: str) -> str:
+    """The method's name as Tables 1-2 print it."""
+    return LONG_NAMES.get(method, method)
+
+
+def dataset_label(dataset: str) -> str:
+    return DATASET_LABEL.get(dataset, dataset)
+
+
+def backbone_label(backbone: str) -> str:
+    return BACKBONE_LABEL.get(backbone, backbone)
+
+
+def order_key(order: tuple[str, ...], name: str) -> tuple[int, str]:
+    """Sort key: position in ``order``, unknown names after, alphabetically."""
+    return (order.index(name), "") if name in order else (len(order), name)
+
+
+def dataset_order(datasets: list[str] | set[str]) -> list[str]:
+    return sorted(set(datasets), key=lambda d: order_key(PAPER_DATASETS, d))
+
+
+def backbone_order(backbones: list[str] | set[str]) -> list[str]:
+    return sorted(set(backbones), key=lambda b: order_key(BACKBONE_ORDER, b))

@@ -1,0 +1,562 @@
+"""The paper's tables, built from run records.
+
+- Table 1 (image AUROC) and Table 2 (pixel AUROC | AUPRO): methods x datasets (dataset means).
+- Table 4: I-AUROC, P-AUROC, AUPRO, throughput and memory per method, one table per dataset.
+- Tables 7-21: one metric per dataset, categories x methods, with the Mean row.
+- Tables 22-27: the same per anomaly kind (structural, logical) where records have them.
+- Table 3: ULSAD's ablation settings (:mod:`.studies`), I-AUROC | P-AUROC | P-AUPRO.
+- Table 30: ULSAD per backbone, categories x backbones.
+
+Tables 1, 2, 4 and 7-27 use the runs without a variant (the paper's main protocol); variant runs
+(ablations, presets) feed Tables 3 and 30 and Figures 7 and 8, which read their settings from
+the config values. A dataset outside the paper (e.g. synthetic) gets the same layouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import pandas as pd
+
+from .audit import Audit
+from .grid import Series, Slot, build_grid
+from .load import ULSAD_KEYS, Results
+from .naming import (
+    EXTENDED_TABLES,
+    KIND_TABLES,
+    KINDS,
+    METRIC_TITLE,
+    METRICS,
+    PAPER_DATASETS,
+    PAPER_METHODS,
+    TABLE1_ORDER,
+    backbone_label,
+    backbone_order,
+    dataset_label,
+    dataset_order,
+    long_method_name,
+    method_name,
+    order_key,
+)
+from .paper import Paper
+from .studies import Setting, Study, ablation_study, backbone_study
+from .table import Table, Text, Value
+
+ABLATION_METRICS_LABEL: Text = ("I-AUROC | P-AUROC | P-AUPRO", r"I-AUROC $|$ P-AUROC $|$ P-AUPRO")
+TABLE3_CORNER: list[Text] = [
+    "#",
+    ("λ<sub>l</sub>", r"$\lambda_l$"),
+    ("λ<sub>g</sub>", r"$\lambda_g$"),
+    ("L<sub>lg</sub>", r"$L_{lg}$"),
+    ("L<sup>d</sup><sub>pg</sub>", r"$L^{d}_{pg}$"),
+    ("L<sub>pg</sub>", r"$L_{pg}$"),
+]
+TABLE4_ROWS: list[tuple[str, Text]] = [
+    ("image_auroc", ("I-AUROC ↑", r"I-AUROC $\uparrow$")),
+    ("pixel_auroc", ("P-AUROC ↑", r"P-AUROC $\uparrow$")),
+    ("aupro", ("P-AUPRO ↑", r"P-AUPRO $\uparrow$")),
+    ("throughput", ("Throughput (img/s) ↑", r"Throughput (img/s) $\uparrow$")),
+    ("gpu_memory_gb", ("GPU memory (GB) ↓", r"GPU memory (GB) $\downarrow$")),
+]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method of the main tables: a model's runs without a variant. ``backbone`` is None when
+    the model ran with one backbone per dataset (it may differ between datasets, see the notes);
+    a model run with several backbones on one dataset is one method per backbone."""
+
+    model: str
+    backbone: str | None
+    name: str  # the paper's short name
+    label: str  # as printed (short name, plus the backbone when a model ran with several)
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        scope = {"model": self.model, "variant": ""}
+        return scope if self.backbone is None else {**scope, "backbone": self.backbone}
+
+    def select(self, frame: pd.DataFrame, **where: Any) -> pd.DataFrame:
+        """The rows of ``frame`` of this method (and ``where``: column = value)."""
+        mask = frame["model"] == self.model
+        if self.backbone is not None:
+            mask &= frame["backbone"] == self.backbone
+        for column, value in where.items():
+            mask &= frame[column] == value
+        return frame[mask]
+
+
+@dataclass
+class Context:
+    """Everything the builders read: the records, the paper's numbers, and derived views."""
+
+    results: Results
+    paper: Paper = field(default_factory=Paper)
+
+    @cached_property
+    def ok(self) -> pd.DataFrame:
+        return self.results.ok
+
+    @cached_property
+    def main(self) -> pd.DataFrame:
+        """Ok records of runs without a variant: the main tables' records (the columns they read)."""
+        heavy = ["experiment", "categories", "config_key", "config_hash", "error", "finished", "path"]
+        return self.ok.loc[self.ok["variant"] == "", [c for c in self.ok.columns if c not in heavy]]
+
+    @cached_property
+    def main_all(self) -> pd.DataFrame:
+        """Records of every status of runs without a variant (a method whose runs all failed still shows)."""
+        return self.results.records[self.results.records["variant"] == ""]
+
+    @cached_property
+    def methods(self) -> list[Method]:
+        methods = []
+        for model, runs in self.main_all.groupby("model"):
+            name = method_name(str(model))
+            if runs.groupby("dataset")["backbone"].nunique().max() > 1:
+                methods += [
+                    Method(str(model), str(b), name, f"{name} ({backbone_label(str(b))})")
+                    for b in backbone_order(set(runs["backbone"]))
+                ]
+            else:
+                methods.append(Method(str(model), None, name, name))
+        return sorted(methods, key=lambda x: (order_key(PAPER_METHODS, x.name), x.label))
+
+    @cached_property
+    def _method_frames(self) -> dict[tuple[Method, str], pd.DataFrame]:  # filled by frame_of
+        return {}
+
+    def frame_of(self, method: Method, dataset: str, category: str | None = None) -> pd.DataFrame:
+        """The method's ok main records on ``dataset`` (and ``category``), cached."""
+        key = (method, dataset)
+        if key not in self._method_frames:
+            frame = method.select(self.main, dataset=dataset)
+            self._method_frames[key] = frame
+            for name, group in frame.groupby("category"):
+                self._method_frames[(method, f"{dataset}/{name}")] = group
+        if category is None:
+            return self._method_frames[key]
+        return self._method_frames.get((method, f"{dataset}/{category}"), self.main.iloc[:0])
+
+    def datasets(self) -> list[str]:
+        return dataset_order(set(self.main_all["dataset"]))
+
+    def methods_in(self, dataset: str) -> list[Method]:
+        """The methods with a record (of any status) on ``dataset``."""
+        return [m for m in self.methods if not m.select(self.main_all, dataset=dataset).empty]
+
+    @cached_property
+    def _expected(self) -> dict[str, list[str]]:
+        records = self.results.records
+        expected: dict[str, list[str]] = {}
+        for dataset, group in records.groupby("dataset"):
+            names: dict[str, None] = {}
+            for categories in group["categories"]:
+                names.update(dict.fromkeys(categories))
+            names.update(dict.fromkeys(sorted(set(group["category"]) - set(names))))
+            expected[str(dataset)] = list(names)
+        return expected
+
+    def expected(self, dataset: str) -> list[str]:
+        """The dataset's categories: those its configs list, then any other with a record."""
+        return self._expected.get(dataset, [])
+
+    def backbone_note(self, methods: list[Method], datasets: list[str]) -> str:
+        """Which backbone (and weights) each method used on each dataset."""
+        parts = []
+        for method in methods:
+            used = []
+            for dataset in datasets:
+                frame = method.select(self.main_all, dataset=dataset)
+                for backbone, runs in frame.groupby("backbone"):
+                    kinds = ", ".join(sorted(set(runs["weights_kind"]) - {""})) or "weights unknown"
+                    where = f" on {dataset_label(dataset)}" if len(datasets) > 1 else ""
+                    used.append(f"{backbone_label(str(backbone))} ({kinds}){where}")
+            parts.append(f"{method.label}: {', '.join(used) or 'no record'}")
+        return "Backbones: " + "; ".join(parts) + "."
+
+
+def _paper_order(order: tuple[str, ...], compare: bool, measured: list[Method]) -> list[Any]:
+    """Measured methods in the paper's order; with ``compare`` the paper-only methods too (as names)."""
+    names = {m.name for m in measured}
+    items: list[Any] = []
+    for name in order:
+        items += [m for m in measured if m.name == name]
+        if compare and name not in names:
+            items.append(name)
+    return items + [m for m in measured if m.name not in order]
+
+
+def _main_series(
+    methods: list[Method],
+    order: tuple[str, ...],
+    compare: bool,
+    measure: Any,
+    paper: Any,
+    long_names: bool,
+) -> list[Series]:
+    series = []
+    for item in _paper_order(order, compare, methods):
+        if isinstance(item, str):
+            label = long_method_name(item) if long_names else item
+            series.append(Series([label], None, lambda slot, n=item: paper(slot, n)))
+        else:
+            label = long_method_name(item.name) + item.label[len(item.name) :] if long_names else item.label
+            series.append(
+                Series([label], lambda slot, m=item: measure(slot, m), lambda slot, m=item: paper(slot, m.name))
+            )
+    return series
+
+
+def _dataset_mean(ctx: Context, audit: Audit, method: Method, dataset: str, metric: str, decimals: int = 2) -> Value:
+    frame = ctx.frame_of(method, dataset)
+    where = f"{method.label} / {dataset_label(dataset)}"
+    return audit.measure(frame, metric, where, {**method.scope, "dataset": dataset}, ctx.expected(dataset), decimals)
+
+
+def _finish_main(
+    ctx: Context,
+    audit: Audit,
+    table: Table,
+    per: str | None,
+    compare: bool,
+    methods: list[Method],
+    datasets: list[str],
+    **kw: str,
+) -> Table:
+    audit.extra_notes.append(ctx.backbone_note(methods, datasets))
+    return audit.finish(table, None if compare else per, **kw)
+
+
+def table1(ctx: Context, compare: bool = False) -> Table | None:
+    """Table 1: image AUROC, methods (rows) x datasets (columns)."""
+    if not ctx.methods:
+        return None
+    audit = Audit(ctx.results)
+    datasets = dataset_order(set(ctx.datasets()) | (set(PAPER_DATASETS) if compare else set()))
+    slots = [Slot(d, dataset_label(d), ("image_auroc",)) for d in datasets]
+    series = _main_series(
+        ctx.methods,
+        TABLE1_ORDER,
+        compare,
+        lambda slot, m: [_dataset_mean(ctx, audit, m, slot.key, "image_auroc")],
+        lambda slot, name: [ctx.paper.value(1, slot.key, "image_auroc", "mean", name)],
+        long_names=True,
+    )
+    table = build_grid(
+        "table01_image_auroc" + ("_vs_paper" if compare else ""),
+        "Table 1: Average detection performance: image AUROC (%)" + (" vs the paper" if compare else ""),
+        series,
+        slots,
+        series_as="rows",
+        corner=["Method"],
+        compare=compare,
+    )
+    return _finish_main(ctx, audit, table, "dataset (column)", compare, ctx.methods, ctx.datasets())
+
+
+def table2(ctx: Context, compare: bool = False) -> Table | None:
+    """Table 2: pixel AUROC | AUPRO, methods (rows) x datasets (columns)."""
+    if not ctx.methods:
+        return None
+    audit = Audit(ctx.results)
+    datasets = dataset_order(set(ctx.datasets()) | (set(PAPER_DATASETS) if compare else set()))
+    slots = [Slot(d, dataset_label(d), ("pixel_auroc", "aupro")) for d in datasets]
+    series = _main_series(
+        ctx.methods,
+        TABLE1_ORDER,
+        compare,
+        lambda slot, m: [_dataset_mean(ctx, audit, m, slot.key, metric) for metric in slot.parts],
+        lambda slot, name: [ctx.paper.value(2, slot.key, metric, "mean", name) for metric in slot.parts],
+        long_names=True,
+    )
+    table = build_grid(
+        "table02_pixel_auroc_aupro" + ("_vs_paper" if compare else ""),
+        "Table 2: Average segmentation performance: pixel AUROC | AUPRO (%)" + (" vs the paper" if compare else ""),
+        series,
+        slots,
+        series_as="rows",
+        corner=["Method"],
+        compare=compare,
+    )
+    return _finish_main(ctx, audit, table, "dataset and metric", compare, ctx.methods, ctx.datasets())
+
+
+def table4(ctx: Context, dataset: str, compare: bool = False) -> Table | None:
+    """Table 4: metrics and efficiency (rows) x methods (columns) on one dataset."""
+    methods = ctx.methods_in(dataset)
+    if not methods or (compare and dataset != "mvtec_loco"):
+        return None
+    audit = Audit(ctx.results)
+    slots = [Slot(metric, label, (metric,)) for metric, label in TABLE4_ROWS]
+    series = _main_series(
+        methods,
+        PAPER_METHODS,
+        compare,
+        lambda slot, m: [_dataset_mean(ctx, audit, m, dataset, slot.key)],
+        lambda slot, name: [ctx.paper.main(dataset, slot.key, "mean", name)],
+        long_names=False,
+    )
+    title = f"Table 4: Memory and computational efficiency on {dataset_label(dataset)}"
+    table = build_grid(
+        f"table04_efficiency_{dataset}" + ("_vs_paper" if compare else ""),
+        title + (" vs the paper" if compare else ""),
+        series,
+        slots,
+        series_as="columns",
+        corner=[""],
+        compare=compare,
+    )
+    frame = ctx.main[ctx.main["dataset"] == dataset]
+    measured = frame.dropna(subset=["throughput"])
+    if not measured.empty:
+        devices = ", ".join(sorted(set(measured["efficiency_device"])))
+        sizes = ", ".join(str(int(s)) for s in sorted(set(measured["efficiency_batch_size"].dropna())))
+        audit.extra_notes.append(
+            f"Throughput and memory measured on: {devices}{'; batch size ' + sizes if sizes else ''}; mean over "
+            "categories and seeds as for the metrics. Memory: the record's peak_memory_mb / 1024."
+        )
+        if measured["efficiency_device"].nunique() > 1:
+            audit.extra_warnings.append("EFFICIENCY MEASURED ON DIFFERENT DEVICES")
+    if audit.cpu_memory:
+        audit.extra_warnings.append("MEMORY MEASURED ON CPU (§), NOT GPU MEMORY")
+    return _finish_main(
+        ctx, audit, table, "row", compare, methods, [dataset], direction="higher is better; memory: lower is better"
+    )
+
+
+def _categories_with(ctx: Context, dataset: str, column: str) -> list[str]:
+    frame = ctx.main[(ctx.main["dataset"] == dataset)].dropna(subset=[column])
+    present = set(frame["category"])
+    return [c for c in ctx.expected(dataset) if c in present]
+
+
+def _per_category(
+    ctx: Context, dataset: str, column: str, categories: list[str], key: str, title: str, compare: bool, paper: Any
+) -> Table | None:
+    methods = ctx.methods_in(dataset)
+    if not methods:
+        return None
+    audit = Audit(ctx.results)
+    slots = [Slot(c, c, (column,)) for c in categories] + [Slot("mean", "Mean", (column,), rule=True)]
+
+    def measure(slot: Slot, m: Method) -> list[Value]:
+        frame = ctx.frame_of(m, dataset)
+        scope = {**m.scope, "dataset": dataset}
+        if slot.key == "mean":
+            return [audit.measure(frame, column, f"{m.label} / Mean", scope, categories)]
+        frame = ctx.frame_of(m, dataset, slot.key)
+        return [audit.measure(frame, column, f"{m.label} / {slot.key}", {**scope, "category": slot.key})]
+
+    series = _main_series(
+        methods, PAPER_METHODS, compare, measure, lambda slot, name: [paper(slot.key, name)], long_names=False
+    )
+    table = build_grid(
+        key + ("_vs_paper" if compare else ""),
+        title + (" vs the paper" if compare else ""),
+        series,
+        slots,
+        series_as="columns",
+        corner=["Category"],
+        compare=compare,
+    )
+    return _finish_main(ctx, audit, table, "category (row)", compare, methods, [dataset])
+
+
+def extended(ctx: Context, dataset: str, metric: str, compare: bool = False) -> Table | None:
+    """Tables 7-21: one metric on one dataset, categories (rows) x methods (columns)."""
+    number = EXTENDED_TABLES.get((dataset, metric))
+    if compare and number is None:
+        return None
+    name = METRIC_TITLE[metric]
+    if number is None:
+        key = f"extended_{dataset}_{metric}"
+        title = f"{name} (%) per category on {dataset_label(dataset)} (as Tables 7-21)"
+    else:
+        key = f"table{number:02d}_{dataset}_{metric}"
+        title = f"Table {number}: {name} (%) per category on {dataset_label(dataset)}"
+    categories = ctx.expected(dataset)
+    return _per_category(
+        ctx,
+        dataset,
+        metric,
+        categories,
+        key,
+        title,
+        compare,
+        lambda category, name: ctx.paper.main(dataset, metric, category, name),
+    )
+
+
+def kinds(ctx: Context, dataset: str, kind: str, metric: str, compare: bool = False) -> Table | None:
+    """Tables 22-27: one metric on one anomaly kind (structural, logical), categories x methods."""
+    column = f"{kind}_{metric}"
+    categories = _categories_with(ctx, dataset, column)
+    if not categories or (compare and dataset != "mvtec_loco"):
+        return None
+    name = METRIC_TITLE[metric]
+    if dataset == "mvtec_loco":
+        number = KIND_TABLES[(kind, metric)]
+        key = f"table{number}_{dataset}_{kind}_{metric}"
+        title = f"Table {number}: {name} (%) on {kind} anomalies of {dataset_label(dataset)}"
+    else:
+        key = f"kinds_{dataset}_{kind}_{metric}"
+        title = f"{name} (%) on {kind} anomalies of {dataset_label(dataset)} (as Tables 22-27)"
+    return _per_category(
+        ctx,
+        dataset,
+        column,
+        categories,
+        key,
+        title,
+        compare,
+        lambda category, name: ctx.paper.kind(kind, metric, category, name),
+    )
+
+
+def _setting_labels(setting: Setting, number: str) -> list[Text]:
+    return [
+        number,
+        repr(setting.lambda_l),
+        "-" if setting.lambda_g is None else repr(setting.lambda_g),
+        "✓" if setting.loss_lg else "-",
+        "✓" if setting.loss_pg == "l2" else "-",
+        "✓" if setting.loss_pg == "attention" else "-",
+    ]
+
+
+STUDY_KEYS = ("backbone.name", "backbone.weights", *(f"model.{k}" for k in ULSAD_KEYS))
+
+
+def _study_note(study: Study, describe: Any) -> list[str]:
+    """Where a study's rows come from, and what it keeps fixed (from the records' configs)."""
+    fixed = ", ".join(f"{key}={study.context[key]}" for key in STUDY_KEYS if key in study.context)
+    notes = [f"ULSAD on {dataset_label(study.dataset)}, all other config values equal; fixed: {fixed}."]
+    for arm in study.arms:
+        source = f"{describe(arm)}: variant {arm.variant or '(none)'} ({len(arm.frame)} records)"
+        if arm.others:
+            source += f"; not shown, same setting: {', '.join(arm.others)}"
+        notes.append(source + ".")
+    return notes
+
+
+def table3(ctx: Context, dataset: str, compare: bool = False) -> Table | None:
+    """Table 3: ULSAD's ablation settings (rows), dataset means of I-AUROC | P-AUROC | P-AUPRO."""
+    study = ablation_study(ctx.ok, dataset)
+    if study is None or (compare and dataset != "mvtec_loco"):
+        return None
+    audit = Audit(ctx.results)
+    paper_rows = {setting: row for row, setting in ctx.paper.table3_rows()}
+    expected = ctx.expected(dataset)
+
+    def number(setting: Setting) -> str:
+        row = paper_rows.get(setting.key())
+        return str(row) if row else "–"
+
+    arms = sorted(study.arms, key=lambda a: (int(number(a.value)) if number(a.value) != "–" else 99, a.value.key()))
+    study.arms = arms
+    slot = Slot("mean", ABLATION_METRICS_LABEL, METRICS)
+    series: list[Series] = []
+    measured_keys = {arm.value.key() for arm in arms}
+    paper_lookup = (
+        (lambda key: lambda s: [ctx.paper.ablation(key, m) for m in METRICS]) if dataset == "mvtec_loco" else None
+    )
+    for arm in arms:
+        scope = {"dataset": dataset, "model": "ulsad", "variant": arm.variant, "backbone": arm.backbone}
+        where = f"row {number(arm.value)} ({arm.value.key()})"
+
+        def measure(s: Slot, frame: pd.DataFrame = arm.frame, scope: dict = scope, where: str = where) -> list[Value]:
+            return [audit.measure(frame, m, where, scope, expected) for m in METRICS]
+
+        series.append(
+            Series(
+                _setting_labels(arm.value, number(arm.value)),
+                measure,
+                paper_lookup(arm.value.key()) if paper_lookup else None,
+            )
+        )
+    if compare and paper_lookup:
+        for row, key in ctx.paper.table3_rows():
+            if key not in measured_keys:
+                series.append(Series(_setting_labels(Setting.parse(key), str(row)), None, paper_lookup(key)))
+        series.sort(key=lambda s: int(s.labels[0]) if str(s.labels[0]).isdigit() else 99)
+    table = build_grid(
+        f"table03_ablation_{dataset}" + ("_vs_paper" if compare else ""),
+        f"Table 3: Ablation of ULSAD's components on {dataset_label(dataset)} (dataset means, %)"
+        + (" vs the paper" if compare else ""),
+        series,
+        [slot],
+        series_as="rows",
+        corner=[*TABLE3_CORNER],
+        compare=compare,
+    )
+    audit.extra_notes += _study_note(study, lambda arm: f"row {number(arm.value)}")
+    audit.extra_notes.append(
+        "#: the paper's Table 3 row with the same setting ('–': not in Table 3; the paper's number, if any, "
+        "from Table 28 or 29). λl, λg: model.lambda_l, lambda_g ('-': local branch only, branch=local); "
+        "L_lg: model.loss_lg; L^d_pg: model.loss_pg=l2; L_pg: model.loss_pg=attention."
+    )
+    if any(arm.value.branch not in ("both", "local") for arm in arms):
+        audit.extra_notes.append("Rows with model.branch=global score with the global branch only.")
+    return audit.finish(table, None if compare else "metric (column)")
+
+
+def table30(ctx: Context, dataset: str, compare: bool = False) -> Table | None:
+    """Table 30: ULSAD per backbone, categories (rows) x backbones (columns), I | P | AUPRO."""
+    study = backbone_study(ctx.ok, dataset)
+    if study is None or (compare and dataset != "mvtec_loco"):
+        return None
+    audit = Audit(ctx.results)
+    categories = ctx.expected(dataset)
+    slots = [Slot(c, c, METRICS) for c in categories] + [Slot("mean", "Mean", METRICS, rule=True)]
+    arms = {arm.value: arm for arm in study.arms}
+    order = backbone_order(
+        set(arms) | ({"resnet50", "resnet152", "wide_resnet50_2", "wide_resnet101_2"} if compare else set())
+    )
+    series = []
+    for backbone in order:
+        paper = (
+            (lambda s, b=backbone: [ctx.paper.backbone(b, m, s.key) for m in METRICS])
+            if dataset == "mvtec_loco"
+            else None
+        )
+        arm = arms.get(backbone)
+        if arm is None:
+            series.append(Series([backbone_label(backbone)], None, paper))
+            continue
+        scope = {"dataset": dataset, "model": "ulsad", "variant": arm.variant, "backbone": arm.backbone}
+
+        def measure(s: Slot, arm: Any = arm, scope: dict = scope) -> list[Value]:
+            label = backbone_label(arm.value)
+            if s.key == "mean":
+                return [audit.measure(arm.frame, m, f"{label} / Mean", scope, categories) for m in METRICS]
+            frame = arm.frame[arm.frame["category"] == s.key]
+            return [audit.measure(frame, m, f"{label} / {s.key}", {**scope, "category": s.key}) for m in METRICS]
+
+        series.append(Series([backbone_label(backbone)], measure, paper))
+    table = build_grid(
+        f"table30_backbones_{dataset}" + ("_vs_paper" if compare else ""),
+        f"Table 30: ULSAD per backbone on {dataset_label(dataset)}, I-AUROC | P-AUROC | P-AUPRO (%)"
+        + (" vs the paper" if compare else ""),
+        series,
+        slots,
+        series_as="columns",
+        corner=["Category"],
+        compare=compare,
+    )
+    audit.extra_notes += _study_note(study, lambda arm: backbone_label(arm.value))
+    return audit.finish(table, None if compare else "category and metric (row)")
+
+
+def all_tables(ctx: Context, compare: bool = False) -> list[Table]:
+    """Every table the records allow, in the paper's order (``compare``: the vs-paper versions)."""
+    tables: list[Table | None] = [table1(ctx, compare), table2(ctx, compare)]
+    ulsad_datasets = dataset_order(set(ctx.ok.loc[ctx.ok["model"] == "ulsad", "dataset"]))
+    tables += [table3(ctx, d, compare) for d in ulsad_datasets]
+    tables += [table4(ctx, d, compare) for d in ctx.datasets()]
+    tables += [extended(ctx, d, metric, compare) for d in ctx.datasets() for metric in METRICS]
+    tables += [kinds(ctx, d, kind, metric, compare) for d in ctx.datasets() for kind in KINDS for metric in METRICS]
+    tables += [table30(ctx, d, compare) for d in ulsad_datasets]
+    return [t for t in tables if t is not None]
