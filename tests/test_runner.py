@@ -109,3 +109,25 @@ def test_entry_point_writes_record_into_run_dir(shared_cache: Path, tmp_path: Pa
     record = json.loads((out / RECORD_NAME).read_text())
     assert record["status"] == "ok"
     assert "[ok] padim synthetic/pinbox seed=0" in result.stdout + result.stderr
+
+
+def test_model_with_its_own_backbone_needs_no_configured_weights_file(
+    tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DFR-like models use backbone.weights as a policy only: a missing resnet18 file is no error."""
+    from ulsad_bench.models.backbone import BackboneSpec, WeightsInfo
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    seen: dict[str, WeightsInfo] = {}
+
+    def fake_spec(self, name: str) -> BackboneSpec:
+        seen["policy"] = self.backbone.weights
+        return BackboneSpec(name, WeightsInfo(kind="random", random_init_seed=0))
+
+    monkeypatch.setattr("ulsad_bench.models.base.RunContext.backbone_spec", fake_spec)
+    record = runner.run(tiny_cfg("model=dfr", "model.epochs=1", "backbone.weights=imagenet"), tmp_path / "dfr")
+    assert record["status"] == "ok", record.get("error")
+    assert seen["policy"].kind == "imagenet" and seen["policy"].file is None
+    assert record["backbone"] == "vgg19"
+    failed = runner.run(tiny_cfg("model=padim", "backbone.weights=imagenet"), tmp_path / "padim")
+    assert failed["status"] == "failed" and "resnet18-f37072fd.pth" in failed["error"]

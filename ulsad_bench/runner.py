@@ -139,11 +139,21 @@ def make_context(cfg: DictConfig, device: torch.device, weights: WeightsInfo) ->
     )
 
 
+def configured_weights(cfg: DictConfig, resolve_file: bool = True) -> WeightsInfo:
+    """The configured backbone's weights; with ``resolve_file=False`` only the policy
+    (``imagenet`` / ``random``), for models that load their own network through it."""
+    name, weights, seed = str(cfg.backbone.name), str(cfg.backbone.weights), int(cfg.backbone.random_init_seed)
+    if resolve_file or weights not in ("imagenet", "random"):
+        return resolve_weights(name, weights, seed)
+    return WeightsInfo(kind=weights, random_init_seed=seed if weights == "random" else None)
+
+
 def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     device = resolve_device(str(cfg.device))
     record["device"] = describe_device(device)
-    weights = resolve_weights(str(cfg.backbone.name), str(cfg.backbone.weights), int(cfg.backbone.random_init_seed))
+    model = build_model(cfg.model)
+    weights = configured_weights(cfg, resolve_file=model.uses_configured_backbone)
     record["weights"] = weights.as_record()
 
     splits, train, val, test = load_data(cfg)
@@ -151,7 +161,6 @@ def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
     record["val_source"] = splits.val_source
     progress = bool(cfg.progress)
 
-    model = build_model(cfg.model)
     model.setup(make_context(cfg, device, weights))
     start = time.perf_counter()
     record["fit"] = model.fit(train, val)

@@ -60,7 +60,8 @@ class RunContext:
         For models whose paper fixes its own backbone (DFR uses VGG19 whatever
         ``backbone=`` says). A weights *file* belongs to the configured backbone only.
         """
-        if name == self.backbone.name:
+        resolved = self.backbone.weights.kind == "random" or self.backbone.weights.file is not None
+        if name == self.backbone.name and resolved:
             return self.backbone
         kind = self.backbone.weights.kind
         if kind == "file":
@@ -84,6 +85,9 @@ class AnomalyModel(ABC):
 
     #: config name of the model (``model=<name>``)
     name: str = ""
+    #: False for models whose paper fixes their own backbone (DFR): the job then needs no
+    #: weights file for ``backbone=``, only its weights policy (imagenet / random)
+    uses_configured_backbone: bool = True
 
     def setup(self, ctx: RunContext) -> None:
         """Build networks on ``ctx.device``; called once before :meth:`fit`."""
