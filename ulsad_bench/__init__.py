@@ -1,10 +1,15 @@
 """ulsad-bench: a benchmark harness reproducing ULSAD (TMLR 2024) and its baselines."""
 
 import hashlib
+import os
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
+
+# conf/config.yaml finds the presets in <repo>/experiments through this, from any directory.
+os.environ.setdefault("ULSAD_BENCH_ROOT", str(Path(__file__).resolve().parent.parent))
 
 
 def _variant_suffix(variant: object) -> str:
