@@ -15,9 +15,7 @@ import ulsad_bench  # noqa: F401  (registers the config resolvers)
 from ulsad_bench.runner import run
 from ulsad_bench.sweep import expand_all_categories
 
-# Inherited by launcher workers (joblib, submitit): keeps PatchCore's coreset loop from
-# fragmenting glibc's heap (see DESIGN.md). The Makefile exports it for this process too.
-os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "1048576")
+# Inherited by launcher workers (joblib, submitit): no hub lookups, ever.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

@@ -195,7 +195,6 @@ DETECTION = [
     "model=ulsad",
     "model.feature_dim=64",
     "model.epochs=100",
-    "model.blur_sigma=2",
     "model.output_relu=false",
     "dataset.image_size=128",
     "dataset.synthetic.resolution=128",

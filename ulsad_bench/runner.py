@@ -156,7 +156,9 @@ def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
     weights = configured_weights(cfg, resolve_file=model.uses_configured_backbone)
     record["weights"] = weights.as_record()
 
+    start = time.perf_counter()
     splits, train, val, test = load_data(cfg)
+    load_s = time.perf_counter() - start
     record["data"] = splits.counts()
     record["val_source"] = splits.val_source
     progress = bool(cfg.progress)
@@ -173,9 +175,10 @@ def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
     start = time.perf_counter()
     maps, scores, extras = predict_all(model, test, device, int(cfg.eval_batch_size), progress)
     predict_s = time.perf_counter() - start
-    record["timing"] = {"fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)}
+    record["timing"] = {"load_s": round(load_s, 3), "fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)}
 
     if cfg.profile.enabled:
+        start = time.perf_counter()
         record["efficiency"] = profile_inference(
             model,
             test.images,
@@ -185,13 +188,16 @@ def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
             timed_batches=int(cfg.profile.timed_batches),
             precision=str(cfg.precision),
         )
+        record["timing"]["profile_s"] = round(time.perf_counter() - start, 3)
 
     assert test.masks is not None
+    start = time.perf_counter()
     metrics, by_kind = evaluate(test.labels, scores, test.masks.numpy(), maps, test.kinds, float(cfg.fpr_limit))
     record["metrics"] = metrics
     record["metrics_by_kind"] = by_kind
     save_predictions(run_dir, test, scores)
     save_map_preview(run_dir, test, maps, extras, int(cfg.save_maps_per_defect))
+    record["timing"]["metrics_s"] = round(time.perf_counter() - start, 3)
 
 
 def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:

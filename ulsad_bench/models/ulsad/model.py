@@ -3,8 +3,9 @@
 Paper values (Section 4.1): Wide-ResNet-50-2 layers 2 and 3, c* = 384, 256 x 256 images,
 Adam with learning rate 2e-4 and weight decay 2e-5, 200 epochs, alpha = 0.9, beta = 0.995,
 lambda_l = lambda_g = 0.5 (Table 3, last row). From the authors' code, where the paper is
-silent: batch size 8, Gaussian blur of the upsampled maps with sigma 4 after the quantile
-normalisation, quantiles computed on maps upsampled to the image size (before the blur).
+silent: batch size 8, Gaussian blur of the upsampled maps with sigma 4 (at 256 px; scaled
+with the image size by default) after the quantile normalisation, quantiles computed on maps
+upsampled to the image size (before the blur).
 Unlike the authors' configs, the quantiles come from the validation split, never from the
 test set (see ``dataset.val_split``), and training always runs the fixed number of epochs
 (no early stopping on test metrics).
@@ -68,7 +69,7 @@ class Ulsad(AnomalyModel):
         batch_size: int = 8,
         lr: float = 2e-4,
         weight_decay: float = 2e-5,
-        blur_sigma: float = 4.0,
+        blur_sigma: float | None = None,
         feature_batch_size: int = 32,
         reuse_trained: bool = True,
     ) -> None:
@@ -98,7 +99,7 @@ class Ulsad(AnomalyModel):
         self.batch_size = int(batch_size)
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
-        self.blur_sigma = float(blur_sigma)
+        self.blur_sigma = None if blur_sigma is None else float(blur_sigma)
         self.feature_batch_size = int(feature_batch_size)
         self.reuse_trained = bool(reuse_trained)
         self.quantiles: dict[str, float] = {}
@@ -119,6 +120,8 @@ class Ulsad(AnomalyModel):
             torch.manual_seed(ctx.seed)
             self.frn = FeatureReconstructionNetwork(self.feature_dim, self.architecture, self.output_relu).to(device)
             self.global_ae = GlobalAutoencoder(ctx.image_size, self.feature_dim, self.architecture).to(device)
+        if self.blur_sigma is None:  # the authors' sigma 4 at 256 px, scaled with the image size
+            self.blur_sigma = 4.0 * ctx.image_size / 256
         self.blur = GaussianBlur(self.blur_sigma).to(device)
         self.register_stats(torch.zeros(self.feature_dim), torch.ones(self.feature_dim))
         if device.type == "cuda":
