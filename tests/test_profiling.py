@@ -11,7 +11,7 @@ from ulsad_bench import runner
 from ulsad_bench.metrics import image_auroc
 from ulsad_bench.models.backbone import resolve_weights
 from ulsad_bench.models.base import AnomalyModel, Prediction
-from ulsad_bench.profiling import build_batch, profile_inference
+from ulsad_bench.profiling import build_batch, cpu_tensor_peak_bytes, profile_inference
 
 FIELDS = {
     "throughput_img_s",
@@ -24,7 +24,10 @@ FIELDS = {
     "precision",
     "image_size",
     "seconds",
+    "malloc_mmap_threshold",
 }
+CPU_FIELDS = FIELDS | {"cpu_peak_rss_mb"}
+MiB = 2**20
 
 
 class _Counting(AnomalyModel):
@@ -62,12 +65,52 @@ def test_profile_counts_warmup_and_timed_batches() -> None:
         warmup_batches=2,
         timed_batches=3,
     )
-    assert set(result) == FIELDS
-    assert model.calls == [(32, 3, 16, 16)] * 5  # 5 images repeated up to a batch of 32; 2 + 3 calls
+    assert set(result) == CPU_FIELDS
+    # 5 images repeated up to a batch of 32; 2 warm-up + 3 timed calls + 1 untimed for memory
+    assert model.calls == [(32, 3, 16, 16)] * 6
     assert not model.training_flag
     assert result["throughput_img_s"] > 0 and math.isfinite(result["throughput_img_s"])
-    assert result["peak_memory_mb"] > 0 and result["memory_kind"] == "cpu_peak_rss"
+    assert result["peak_memory_mb"] > 0 and result["memory_kind"] == "cpu_tensor_peak"
+    assert result["cpu_peak_rss_mb"] > 0
     assert result["batch_size"] == 32 and result["timed_batches"] == 3 and result["image_size"] == 16
+
+
+class _Holding(AnomalyModel):
+    """4 MiB of inference state, a training-feature cache kept aside, 8 MiB of scratch per call."""
+
+    name = "holding"
+
+    def __init__(self) -> None:
+        self.bank = torch.zeros(MiB)  # 4 MiB (float32): state, like a memory bank
+        self.bank_view = self.bank[:10]  # a view of the same storage: counted once
+        self.training_cache = {"features": torch.zeros(4 * MiB)}  # 16 MiB, not inference state
+
+    def fit(self, train, val):
+        return {}
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        scratch = torch.ones(2 * MiB, dtype=torch.float32)  # 8 MiB alive at once
+        total = scratch.sum()
+        del scratch
+        near = self.bank[:100] + total  # a view of the state is not new memory; the sum is
+        maps = images.mean(dim=1) + near[0]
+        return Prediction(maps=maps, scores=maps.amax(dim=(-2, -1)))
+
+    def hyperparameters(self):
+        return {}
+
+
+def test_cpu_memory_is_state_plus_batch_plus_peak_live_tensors() -> None:
+    """The CPU analogue of cuda.max_memory_allocated, checked against known sizes."""
+    model = _Holding()
+    batch = torch.zeros(4, 3, 16, 16)
+    with torch.inference_mode():
+        peak = cpu_tensor_peak_bytes(model, batch)
+    expected = 4 * MiB + batch.nbytes + 8 * MiB
+    assert expected <= peak < expected + 16 * 1024, (peak, expected)  # plus a few small temporaries
+    result = profile_inference(model, batch, torch.device("cpu"), batch_size=4, warmup_batches=0, timed_batches=1)
+    assert result["peak_memory_mb"] == pytest.approx(expected / MiB, abs=0.05)
+    assert result["cpu_peak_rss_mb"] > 16  # the process holds the cache too; the measure does not
 
 
 def test_batch_is_built_once_as_float_on_the_device() -> None:
@@ -81,7 +124,7 @@ def test_every_record_carries_efficiency(tiny_cfg, tmp_path) -> None:
     record = runner.run(tiny_cfg("model=padim"), tmp_path / "run")
     assert record["status"] == "ok", record.get("error")
     efficiency = record["efficiency"]
-    assert set(efficiency) == FIELDS
+    assert set(efficiency) == CPU_FIELDS
     assert efficiency["throughput_img_s"] > 0 and efficiency["batch_size"] == 8
 
 

@@ -161,6 +161,24 @@ def test_same_seed_gives_identical_metrics(tiny_cfg, tmp_path) -> None:
     assert first["metrics"] == second["metrics"] and first["metrics_by_kind"] == second["metrics_by_kind"]
 
 
+def test_precomputed_attention_targets_train_as_per_step_ones(tiny_cfg, tmp_path) -> None:
+    """Eq. 3's A computed once from the cached features gives the training of the per-step A."""
+    losses = {}
+    for cached in ("true", "false"):
+        cfg = tiny_cfg(*TINY_ULSAD, "model.reuse_trained=false", f"model.cache_attention_target={cached}")
+        record = runner.run(cfg, tmp_path / cached)
+        assert record["status"] == "ok", record.get("error")
+        losses[cached] = record["fit"]["loss_total_per_epoch"]
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+    model = Ulsad(feature_dim=8, batch_size=3)
+    model.ctx = type("Ctx", (), {"device": torch.device("cpu")})()
+    model.register_stats(torch.randn(8), torch.rand(8) + 0.5)
+    features = torch.randn(7, 8, 4, 4)
+    targets = model.attention_targets(features)  # in batches of 3: 3 + 3 + 1
+    u = model._standardize(features)
+    assert torch.allclose(targets, attention_map(u, u), atol=1e-6)
+
+
 def test_feature_cache_is_hit_on_the_second_seed(tiny_cfg, tmp_path, monkeypatch) -> None:
     calls = {"n": 0}
     original = FeatureAggregator.forward

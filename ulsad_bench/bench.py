@@ -70,6 +70,11 @@ def compose_bench_config(model: str, args: argparse.Namespace) -> Any:
         return compose(config_name="config", overrides=overrides)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _release() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -84,6 +89,11 @@ def bench_model(name: str, args: argparse.Namespace, epoch_timing: bool) -> dict
     _, train, val, test = load_data(cfg)
     model = build_model(cfg.model)
     model.setup(make_context(cfg, device, weights))
+    feature_s = None
+    if epoch_timing and name == "ulsad":  # features computed (or read from the disk cache) apart from the fit
+        start = time.perf_counter()
+        model.features(train)
+        feature_s = time.perf_counter() - start
     start = time.perf_counter()
     model.fit(train, val)
     fit_s = time.perf_counter() - start
@@ -100,15 +110,22 @@ def bench_model(name: str, args: argparse.Namespace, epoch_timing: bool) -> dict
     result["train_images"] = len(train)
     if epoch_timing and name == "ulsad":
         features = model.features(train)  # cached by fit
+        if device.type == "cuda":
+            features = features.to(device)
+        start = time.perf_counter()
+        targets = model.attention_targets(features) if model.cache_attention_target else None
+        _sync(device)
+        result["attention_targets_s_once"] = round(time.perf_counter() - start, 3)
         timings = {}
-        for label, feats in (("cached", features), ("uncached", None)):
+        for label, feats, targ in (("cached", features, targets), ("uncached", None, None)):
             start = time.perf_counter()
-            model._train(train, feats, epochs=1)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            model._train(train, feats, epochs=1, targets=targ)
+            _sync(device)
             timings[label] = time.perf_counter() - start
+        result["feature_extraction_s"] = round(feature_s or 0.0, 3)
         result["train_epoch_s_cached"] = round(timings["cached"], 3)
         result["train_epoch_s_uncached"] = round(timings["uncached"], 3)
+        del features, targets
     del model
     _release()
     return result
@@ -123,7 +140,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Device: {report['device']}. Images {report['image_size']} x {report['image_size']}, batch "
         f"{report['batch_size']}, {report['warmup_batches']} warm-up + {report['timed_batches']} timed batches, "
         f"precision {report['precision']}, backbone {report['backbone']} ({report['weights']} weights), "
-        f"memory banks from {report['train_images']} training images.",
+        f"memory banks from {report['train_images']} training images. Each model runs as in its own job: "
+        "PatchCore last, as it sets glibc's mmap threshold for its process (field malloc_mmap_threshold).",
         "",
         "| Model | Throughput (img/s) | vs ULSAD | Peak memory (MB) | vs ULSAD | Memory measured as |",
         "|---|---:|---:|---:|---:|---|",
@@ -144,7 +162,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             f"ULSAD training epoch: {report['ulsad_train_epoch_s_cached']:.2f} s with cached frozen features, "
             f"{report['ulsad_train_epoch_s_uncached']:.2f} s recomputing the backbone "
-            f"({report['ulsad_epoch_speedup']:.2f}x).",
+            f"({report['ulsad_epoch_speedup']:.2f}x). Computed once per training set and not in the cached "
+            f"epoch: the features ({report['ulsad_feature_extraction_s']:.1f} s, computed or read from the "
+            f"disk cache) and Eq. 3's "
+            f"attention targets ({report['ulsad_attention_targets_s_once']:.1f} s).",
         ]
     lines += ["", f"Goals: {GOALS}.", ""]
     lines += [f"- {goal}: {'met' if ok else 'NOT met'}" for goal, ok in report.get("goals", {}).items()]
@@ -167,7 +188,9 @@ def check_goals(report: dict[str, Any]) -> dict[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="ulsad,patchcore,padim,efficientad,dfr")
+    # PatchCore last: the glibc setting its fit applies is process-wide and slows CPU work, so
+    # models after it would not be measured as in their own jobs
+    parser.add_argument("--models", default="ulsad,padim,efficientad,dfr,patchcore")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--backbone", default="wide_resnet50_2")
     parser.add_argument("--weights", default="random")
@@ -201,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         "train_images": args.train_images,
         "models": {},
     }
-    for name in [m for m in args.models.split(",") if m]:
+    names = [m for m in args.models.split(",") if m]
+    names = [m for m in names if m != "patchcore"] + [m for m in names if m == "patchcore"]
+    for name in names:
         print(f"[bench] {name} ...", flush=True)
         try:
             result = bench_model(name, args, epoch_timing=True)
@@ -215,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             report["ulsad_train_epoch_s_cached"] = result["train_epoch_s_cached"]
             report["ulsad_train_epoch_s_uncached"] = result["train_epoch_s_uncached"]
             report["ulsad_epoch_speedup"] = round(result["train_epoch_s_uncached"] / result["train_epoch_s_cached"], 3)
+            report["ulsad_attention_targets_s_once"] = result["attention_targets_s_once"]
+            report["ulsad_feature_extraction_s"] = result["feature_extraction_s"]
     report["models"] = {
         name: {
             "throughput_img_s": r.get("throughput_img_s"),

@@ -11,10 +11,17 @@ Protocol (following EfficientAD's and the ULSAD paper's Table 4: batches of 32 i
    synchronised before the clock starts and before it is read.
 5. throughput = images processed / seconds.
 
-Peak memory covers the timed calls: on CUDA ``torch.cuda.max_memory_allocated`` after a
-reset (model weights included, as they stay allocated), reported as ``cuda_max_allocated``;
-on CPU the peak resident set size of the process sampled every 5 ms during the timed calls
-(``cpu_peak_rss``, which includes the Python interpreter and libraries).
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` after a reset, covering the timed
+calls (model weights, memory banks and the input batch included, as they stay allocated),
+reported as ``cuda_max_allocated``. On CPU its analogue, ``cpu_tensor_peak``: the bytes of the
+model's state (parameters, buffers and tensor attributes: weights, PatchCore's memory bank,
+PaDiM's Gaussians) plus the input batch, plus the peak of the tensors alive at once during one
+extra, untimed ``predict`` call, followed operation by operation with a
+``TorchDispatchMode`` (scratch buffers private to one kernel are not seen). The process's
+resident set size is *not* the measure, because it also holds what the job keeps besides
+inference (the training set, ULSAD's cached training features, freed-but-kept heap pages of
+earlier models); its peak during the timed calls is recorded as ``cpu_peak_rss_mb`` for
+reference.
 """
 
 from __future__ import annotations
@@ -22,10 +29,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from typing import Any
 
 import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
+from .models.anomalib_offline import heap_mmap_threshold
 from .models.base import AnomalyModel
 
 
@@ -57,6 +69,72 @@ class _RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, _rss_bytes())
+
+
+class LiveTensorPeak(TorchDispatchMode):
+    """Peak bytes of tensor storages created inside the context and alive at the same time.
+
+    Every operator output's storage is counted once when it first appears and released when
+    Python frees it (a ``weakref.finalize`` on the storage); views share their base's storage.
+    Storages in ``ignore`` (data pointers of state that exists before the context) are not
+    counted when an operation returns a view of them.
+    """
+
+    def __init__(self, ignore: set[int] | None = None) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._live: dict[int, int] = {}
+        self._ignore = set(ignore or ())
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+                self._track(value.untyped_storage())
+        return out
+
+    def _track(self, storage: torch.UntypedStorage) -> None:
+        key, size = storage.data_ptr(), storage.nbytes()
+        if size == 0 or key in self._live or key in self._ignore:
+            return
+        self._live[key] = size
+        self.current += size
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self._release, key)
+
+    def _release(self, key: int) -> None:
+        self.current -= self._live.pop(key, 0)
+
+
+def model_state_storages(model: AnomalyModel) -> dict[int, int]:
+    """Data pointer -> bytes of every storage the model holds for inference: parameters and
+    buffers of its modules (those of :meth:`inference_modules` and module attributes) and its
+    tensor attributes."""
+    modules: list[nn.Module] = list(model.inference_modules())
+    tensors: list[torch.Tensor] = []
+    for value in vars(model).values():
+        if isinstance(value, nn.Module):
+            modules.append(value)
+        elif isinstance(value, torch.Tensor):
+            tensors.append(value)
+    for module in modules:
+        tensors.extend(module.parameters())
+        tensors.extend(module.buffers())
+    storages = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return storages
+
+
+def cpu_tensor_peak_bytes(model: AnomalyModel, batch: torch.Tensor) -> int:
+    """Model state + input batch + peak of the tensors alive during one ``predict`` (CPU)."""
+    state = model_state_storages(model)
+    state[batch.untyped_storage().data_ptr()] = batch.untyped_storage().nbytes()
+    with LiveTensorPeak(ignore=set(state)) as tracker:
+        model.predict(batch)
+    return sum(state.values()) + tracker.peak
 
 
 def _sync(device: torch.device) -> None:
@@ -91,7 +169,9 @@ def profile_inference(
 
     Returns:
         ``throughput_img_s``, ``peak_memory_mb``, ``memory_kind``, ``device``, ``batch_size``,
-        ``timed_batches``, ``warmup_batches``, ``precision``, ``image_size``, ``seconds``.
+        ``timed_batches``, ``warmup_batches``, ``precision``, ``image_size``, ``seconds``,
+        ``malloc_mmap_threshold``; on CPU
+        also ``cpu_peak_rss_mb`` (for reference, see the module docstring).
     """
     if timed_batches < 1:
         raise ValueError("timed_batches must be at least 1")
@@ -115,9 +195,10 @@ def profile_inference(
             for _ in range(timed_batches):
                 model.predict(batch)
             seconds = time.perf_counter() - start
-        peak, kind = sampler.peak, "cpu_peak_rss"
+        rss_peak_mb = round(sampler.peak / 2**20, 1)
+        peak, kind = cpu_tensor_peak_bytes(model, batch), "cpu_tensor_peak"
         name = f"cpu ({torch.get_num_threads()} threads)"
-    return {
+    result = {
         "throughput_img_s": round(batch_size * timed_batches / seconds, 3),
         "peak_memory_mb": round(peak / 2**20, 1),
         "memory_kind": kind,
@@ -128,4 +209,9 @@ def profile_inference(
         "precision": precision,
         "image_size": int(batch.shape[-1]),
         "seconds": round(seconds, 4),
+        # glibc's mmap threshold if PatchCore set it in this process (slows CPU work), else None
+        "malloc_mmap_threshold": heap_mmap_threshold(),
     }
+    if device.type != "cuda":
+        result["cpu_peak_rss_mb"] = rss_peak_mb
+    return result

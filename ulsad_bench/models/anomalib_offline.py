@@ -134,6 +134,9 @@ def anomalib_progress(module: ModuleType, enabled: bool) -> Iterator[None]:
         module.tqdm = original  # type: ignore[attr-defined]
 
 
+_MMAP_THRESHOLD: int | None = None
+
+
 def limit_heap_fragmentation(threshold: int = 1 << 20) -> bool:
     """glibc: serve allocations of ``threshold`` bytes and more by mmap (``mallopt(M_MMAP_THRESHOLD)``).
 
@@ -143,6 +146,7 @@ def limit_heap_fragmentation(threshold: int = 1 << 20) -> bool:
     step, grows the native heap until the process is killed.
     Returns whether the setting was applied (False off glibc).
     """
+    global _MMAP_THRESHOLD
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -150,4 +154,16 @@ def limit_heap_fragmentation(threshold: int = 1 << 20) -> bool:
     except OSError:
         return False
     m_mmap_threshold = -3  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, int(threshold)))
+    applied = bool(libc.mallopt(m_mmap_threshold, int(threshold)))
+    if applied:
+        _MMAP_THRESHOLD = int(threshold)
+    return applied
+
+
+def heap_mmap_threshold() -> int | None:
+    """The threshold :func:`limit_heap_fragmentation` set in this process, None if never.
+
+    The setting is process-wide and stays: jobs run after a PatchCore job in the same process
+    (Hydra's basic launcher) run with it, which slows CPU work; records carry it.
+    """
+    return _MMAP_THRESHOLD

@@ -82,7 +82,7 @@ class Audit:
         if stat.dropped_seeds:
             seeds = ", ".join(str(s) for s in stat.dropped_seeds)
             self.dropped[where] = f"{where}: seed(s) {seeds} (not run in every category)"
-        if column == "gpu_memory_gb" and (frame["memory_kind"] == "cpu_peak_rss").any():
+        if column == "gpu_memory_gb" and frame["memory_kind"].str.startswith("cpu").any():
             value.marks.append(CPU_MARK)
             self.cpu_memory = True
         return value
@@ -155,8 +155,9 @@ class Audit:
             notes.append(f"Seeds left out of a mean: {_short_list(list(self.dropped.values()))}.")
         if self.cpu_memory:
             notes.append(
-                f"{CPU_MARK}: measured on CPU: the process's peak resident memory (interpreter and libraries "
-                "included), not GPU memory: not comparable to the paper's GPU memory."
+                f"{CPU_MARK}: measured on CPU (model state, input batch and peak live tensors of inference; "
+                "older records: the process's peak resident memory), not GPU memory: not comparable to the "
+                "paper's GPU memory."
             )
         if self.random:
             notes.append(f"Random-init backbone (not ImageNet): {', '.join(self.random)}.")
