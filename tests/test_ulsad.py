@@ -12,6 +12,7 @@ from ulsad_bench.features import FeatureCache
 from ulsad_bench.models.filters import GaussianBlur
 from ulsad_bench.models.ulsad import Ulsad
 from ulsad_bench.models.ulsad.losses import attention_map, direction, distance_loss, distance_map, magnitude
+from ulsad_bench.models.ulsad.model import resolve_output_relu
 from ulsad_bench.models.ulsad.networks import FeatureAggregator, FeatureReconstructionNetwork, GlobalAutoencoder
 
 # A small ULSAD: c* = 32 at 64 px (feature maps 8 x 8), for plumbing tests.
@@ -159,6 +160,18 @@ def test_same_seed_gives_identical_metrics(tiny_cfg, tmp_path) -> None:
     second = runner.run(cfg, tmp_path / "b")
     assert first["status"] == "ok", first.get("error")
     assert first["metrics"] == second["metrics"] and first["metrics_by_kind"] == second["metrics_by_kind"]
+
+
+def test_output_relu_auto_follows_the_paper_for_pretrained_weights(tiny_cfg, tmp_path) -> None:
+    assert resolve_output_relu("auto", "imagenet") is True and resolve_output_relu("auto", "file") is True
+    assert resolve_output_relu("auto", "random") is False
+    assert resolve_output_relu(True, "random") is True and resolve_output_relu(False, "imagenet") is False
+    with pytest.raises(ValueError, match="output_relu"):
+        Ulsad(output_relu="sometimes")
+    cfg = tiny_cfg(*[o for o in TINY_ULSAD if "output_relu" not in o], "model.epochs=1")
+    record = runner.run(cfg, tmp_path / "auto")
+    assert record["status"] == "ok", record.get("error")
+    assert record["hyperparameters"]["output_relu"] is False  # resolved value in the record
 
 
 def test_precomputed_attention_targets_train_as_per_step_ones(tiny_cfg, tmp_path) -> None:

@@ -4,9 +4,10 @@ Each model runs as its own Hydra multirun over both synthetic categories (``text
 ``pinbox``), seed 0, with settings small enough for a 2-core CPU (listed in ``DEMO_RUNS`` and
 printed; every record carries them). They are *not* the paper's settings: backbones are
 randomly initialised (the synthetic set asks for it), ULSAD runs at a third of its width
-(c* = 128) for 100 epochs without the FRN's output ReLU (see ``conf/model/ulsad.yaml``), DFR
-for 2 epochs. EfficientAD is left out by default (its 256-pixel training is minutes per job
-on a CPU): ``python -m ulsad_bench.demo --models ulsad,patchcore,padim,dfr,efficientad``.
+(c* = 128) for 100 epochs (``output_relu=auto`` drops the FRN's output ReLU for random
+weights, see ``conf/model/ulsad.yaml``), DFR for 2 epochs. EfficientAD is left out by default
+(its 256-pixel training is minutes per job on a CPU):
+``python -m ulsad_bench.demo --models ulsad,patchcore,padim,dfr,efficientad``.
 
 The report (``python -m ulsad_bench.report outputs/demo --out reports``) then writes the
 tables and figures for the demo's runs to ``reports/`` and prints Table 1.
@@ -27,7 +28,7 @@ from .report import main as report
 RESULTS = Path("outputs/demo")
 REPORTS = Path("reports")
 DEMO_RUNS: dict[str, list[str]] = {
-    "ulsad": ["model.feature_dim=128", "model.epochs=100", "model.output_relu=false"],
+    "ulsad": ["model.feature_dim=128", "model.epochs=100"],
     "patchcore": [],
     "padim": [],
     "dfr": ["model.epochs=2"],

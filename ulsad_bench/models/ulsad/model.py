@@ -46,6 +46,15 @@ LOSS_PG = ("attention", "l2", "none")
 BRANCHES = ("both", "local", "global")
 
 
+def resolve_output_relu(setting: bool | str, weights_kind: str) -> bool:
+    """The FRN's output ReLU: ``auto`` keeps it (Table 5, the code) for pretrained weights
+    (``imagenet`` or a file) and drops it for random-init backbones, which the paper never used:
+    standardised random features are half negative, which a ReLU output cannot reconstruct."""
+    if setting == "auto":
+        return weights_kind != "random"
+    return bool(setting)
+
+
 class Ulsad(AnomalyModel):
     """Unified Logical and Structural Anomaly Detection (Patra & Ben Taieb, TMLR 2024)."""
 
@@ -56,7 +65,7 @@ class Ulsad(AnomalyModel):
         layers: tuple[str, ...] = ("layer2", "layer3"),
         feature_dim: int = 384,
         architecture: str = "code",
-        output_relu: bool = True,
+        output_relu: bool | str = "auto",
         lambda_l: float = 0.5,
         lambda_g: float = 0.5,
         magnitude_reduction: str = "mean",
@@ -87,7 +96,9 @@ class Ulsad(AnomalyModel):
         self.layers = list(layers)
         self.feature_dim = int(feature_dim)
         self.architecture = architecture
-        self.output_relu = bool(output_relu)
+        if not isinstance(output_relu, bool) and output_relu != "auto":
+            raise ValueError(f"output_relu must be true, false or auto, got {output_relu!r}")
+        self.output_relu: bool | str = output_relu
         self.lambda_l = float(lambda_l)
         self.lambda_g = float(lambda_g)
         self.reduction = magnitude_reduction
@@ -111,11 +122,13 @@ class Ulsad(AnomalyModel):
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
         device = ctx.device
-        if self.output_relu and ctx.backbone.weights.kind == "random":
+        random_init = ctx.backbone.weights.kind == "random"
+        self.output_relu = resolve_output_relu(self.output_relu, ctx.backbone.weights.kind)
+        if self.output_relu and random_init:
             logging.getLogger("ulsad_bench").warning(
                 "ulsad: output_relu=true with a random-init backbone: the FRN's final ReLU cannot reconstruct "
                 "the negative half of standardised random features, so the local branch is near chance; "
-                "pass model.output_relu=false for a meaningful run on random weights (it is recorded)"
+                "pass model.output_relu=false (or auto) for a meaningful run on random weights (it is recorded)"
             )
         self.aggregator = FeatureAggregator(ctx.backbone, self.layers, self.feature_dim).to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
