@@ -230,58 +230,59 @@ def _finish_main(
     return audit.finish(table, None if compare else per, **kw)
 
 
-def table1(ctx: Context, compare: bool = False) -> Table | None:
-    """Table 1: image AUROC, methods (rows) x datasets (columns)."""
+def _dataset_means_table(
+    ctx: Context, compare: bool, number: int, name: str, title: str, metrics: tuple[str, ...], per: str
+) -> Table | None:
+    """Tables 1 and 2: the dataset means of ``metrics``, methods (rows) x datasets (columns)."""
     if not ctx.methods:
         return None
     audit = Audit(ctx.results)
     datasets = dataset_order(set(ctx.datasets()) | (set(PAPER_DATASETS) if compare else set()))
-    slots = [Slot(d, dataset_label(d), ("image_auroc",)) for d in datasets]
-    series = _main_series(
-        ctx.methods,
-        TABLE1_ORDER,
-        compare,
-        lambda slot, m: [_dataset_mean(ctx, audit, m, slot.key, "image_auroc")],
-        lambda slot, name: [ctx.paper.value(1, slot.key, "image_auroc", "mean", name)],
-        long_names=True,
-    )
-    table = build_grid(
-        "table01_image_auroc" + ("_vs_paper" if compare else ""),
-        "Table 1: Average detection performance: image AUROC (%)" + (" vs the paper" if compare else ""),
-        series,
-        slots,
-        series_as="rows",
-        corner=["Method"],
-        compare=compare,
-    )
-    return _finish_main(ctx, audit, table, "dataset (column)", compare, ctx.methods, ctx.datasets())
-
-
-def table2(ctx: Context, compare: bool = False) -> Table | None:
-    """Table 2: pixel AUROC | AUPRO, methods (rows) x datasets (columns)."""
-    if not ctx.methods:
-        return None
-    audit = Audit(ctx.results)
-    datasets = dataset_order(set(ctx.datasets()) | (set(PAPER_DATASETS) if compare else set()))
-    slots = [Slot(d, dataset_label(d), ("pixel_auroc", "aupro")) for d in datasets]
+    slots = [Slot(d, dataset_label(d), metrics) for d in datasets]
     series = _main_series(
         ctx.methods,
         TABLE1_ORDER,
         compare,
         lambda slot, m: [_dataset_mean(ctx, audit, m, slot.key, metric) for metric in slot.parts],
-        lambda slot, name: [ctx.paper.value(2, slot.key, metric, "mean", name) for metric in slot.parts],
+        lambda slot, method: [ctx.paper.value(number, slot.key, metric, "mean", method) for metric in slot.parts],
         long_names=True,
     )
     table = build_grid(
-        "table02_pixel_auroc_aupro" + ("_vs_paper" if compare else ""),
-        "Table 2: Average segmentation performance: pixel AUROC | AUPRO (%)" + (" vs the paper" if compare else ""),
+        name + ("_vs_paper" if compare else ""),
+        title + (" vs the paper" if compare else ""),
         series,
         slots,
         series_as="rows",
         corner=["Method"],
         compare=compare,
     )
-    return _finish_main(ctx, audit, table, "dataset and metric", compare, ctx.methods, ctx.datasets())
+    return _finish_main(ctx, audit, table, per, compare, ctx.methods, ctx.datasets())
+
+
+def table1(ctx: Context, compare: bool = False) -> Table | None:
+    """Table 1: image AUROC, methods (rows) x datasets (columns)."""
+    return _dataset_means_table(
+        ctx,
+        compare,
+        1,
+        "table01_image_auroc",
+        "Table 1: Average detection performance: image AUROC (%)",
+        ("image_auroc",),
+        "dataset (column)",
+    )
+
+
+def table2(ctx: Context, compare: bool = False) -> Table | None:
+    """Table 2: pixel AUROC | AUPRO, methods (rows) x datasets (columns)."""
+    return _dataset_means_table(
+        ctx,
+        compare,
+        2,
+        "table02_pixel_auroc_aupro",
+        "Table 2: Average segmentation performance: pixel AUROC | AUPRO (%)",
+        ("pixel_auroc", "aupro"),
+        "dataset and metric",
+    )
 
 
 def table4(ctx: Context, dataset: str, compare: bool = False) -> Table | None:
