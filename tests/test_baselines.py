@@ -26,7 +26,7 @@ from ulsad_bench.models.anomalib_models import EfficientAd
 from ulsad_bench.models.anomalib_offline import DownloadRefusedError, import_anomalib, no_downloads
 from ulsad_bench.models.backbone import BackboneSpec, resolve_weights, sha256_of
 from ulsad_bench.models.base import AnomalyModel, RunContext
-from ulsad_bench.models.efficientad_offline import embed_patch_features, penalty_files
+from ulsad_bench.models.efficientad_offline import channel_mean_var, embed_patch_features, penalty_files
 from ulsad_bench.records import RECORD_NAME
 
 REPO = Path(__file__).resolve().parent.parent
@@ -298,3 +298,12 @@ def test_baselines_at_256_px_with_wide_resnet(tiny_cfg, tmp_path: Path, monkeypa
     for name, overrides in (("patchcore", ["model=patchcore"]), ("efficientad", efficientad)):
         record, _ = run_and_keep_model(tiny_cfg(*size, *overrides), tmp_path / name, monkeypatch)
         assert record["metrics"]["image_auroc"] > 0.9, name
+
+
+def test_channel_mean_var_streams_the_population_statistics() -> None:
+    maps = torch.randn(7, 5, 3, 4, dtype=torch.float64) * 3 + 1
+    mean, var = channel_mean_var([maps[:3], maps[3:]])
+    assert torch.allclose(mean, maps.mean(dim=(0, 2, 3)))
+    assert torch.allclose(var, maps.var(dim=(0, 2, 3), correction=0))
+    with pytest.raises(ValueError, match="at least one batch"):
+        channel_mean_var([])

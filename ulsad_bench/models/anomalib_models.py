@@ -35,6 +35,7 @@ from .base import AnomalyModel, Prediction, RunContext
 from .efficientad_offline import (
     DistillationConfig,
     IndexStream,
+    channel_mean_var,
     distil_teacher,
     load_teacher,
     penalty_files,
@@ -361,17 +362,10 @@ class EfficientAd(AnomalyModel):
     def _teacher_mean_std(self, train: ImageSet) -> None:
         """anomalib's ``teacher_channel_mean_std``: per-channel mean and (population) std of the teacher."""
         self.model.teacher.eval()
-        total = total_sq = None
-        count = 0
-        for _, images in train.batches(16):
-            out = self.model.teacher(resize_images(images.to(self.ctx.device), self.size))
-            sums, squares = out.sum(dim=(0, 2, 3)), (out**2).sum(dim=(0, 2, 3))
-            total = sums if total is None else total + sums
-            total_sq = squares if total_sq is None else total_sq + squares
-            count += out.shape[0] * out.shape[2] * out.shape[3]
-        assert total is not None and total_sq is not None
-        mean = total / count
-        std = torch.sqrt(total_sq / count - mean**2)
+        mean, var = channel_mean_var(
+            self.model.teacher(resize_images(images.to(self.ctx.device), self.size)) for _, images in train.batches(16)
+        )
+        std = torch.sqrt(var)
         self._set(self.model.mean_std, {"mean": mean.view(1, -1, 1, 1), "std": std.view(1, -1, 1, 1)})
 
     @staticmethod

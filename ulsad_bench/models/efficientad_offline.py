@@ -42,7 +42,7 @@ Penalty images
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,23 @@ class IndexStream:
 
 
 # ---------------------------------------------------------------------------------------------- teacher
+
+
+def channel_mean_var(feature_maps: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and population variance over batches of ``[B, C, h, w]`` maps, streamed
+    (sums and sums of squares in the maps' dtype): for the teacher's output statistics and the
+    distillation targets."""
+    total = total_sq = None
+    count = 0
+    for maps in feature_maps:
+        sums, squares = maps.sum(dim=(0, 2, 3)), (maps**2).sum(dim=(0, 2, 3))
+        total = sums if total is None else total + sums
+        total_sq = squares if total_sq is None else total_sq + squares
+        count += maps.shape[0] * maps.shape[2] * maps.shape[3]
+    if total is None or total_sq is None:
+        raise ValueError("channel statistics need at least one batch")
+    mean = total / count
+    return mean, total_sq / count - mean**2
 
 
 def pool_channels(features: torch.Tensor, size: int) -> torch.Tensor:
@@ -209,16 +226,11 @@ def distil_teacher(
         return resize_images(train.float_images(indices).to(device), input_size)
 
     # per-channel standardisation of the targets over the training images (the paper's distillation algorithm)
-    total, total_sq, count = None, None, 0
-    for start in range(0, len(train), config.batch_size):
-        target = embed(batch(torch.arange(start, min(start + config.batch_size, len(train))))).double()
-        sums, squares = target.sum(dim=(0, 2, 3)), (target**2).sum(dim=(0, 2, 3))
-        total = sums if total is None else total + sums
-        total_sq = squares if total_sq is None else total_sq + squares
-        count += target.shape[0] * target.shape[2] * target.shape[3]
-    assert total is not None and total_sq is not None
-    mean = total / count
-    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
+    mean, var = channel_mean_var(
+        embed(batch(torch.arange(start, min(start + config.batch_size, len(train))))).double()
+        for start in range(0, len(train), config.batch_size)
+    )
+    std = var.clamp_min(1e-12).sqrt()
     mean, std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
 
     generator = torch.Generator().manual_seed(config.seed)
