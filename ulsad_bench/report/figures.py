@@ -112,6 +112,13 @@ def _suptitle(fig: Figure, title: str, random_init: bool) -> None:
     fig.suptitle(title, fontsize=9, color="darkred" if random_init else "black")
 
 
+def _image_and_mask(axes: Any, arrays: dict[str, np.ndarray], i: int, first: bool) -> None:
+    """The first two columns of a figure row: the test image (defect type as label) and its mask."""
+    _show(axes[0], arrays["image"][i].transpose(1, 2, 0), "Image" if first else None)
+    axes[0].set_ylabel(str(arrays["defect_type"][i]), fontsize=7)
+    _show(axes[1], _mask(arrays, i), "Ground truth" if first else None, cmap="gray", vmin=0, vmax=1)
+
+
 def maps_figure(run: RunMaps, title: str, per_defect: int = 1) -> Figure:
     """Figure 6: image | ground truth | local | global | combined (local/global where saved)."""
     arrays = run.arrays
@@ -123,9 +130,7 @@ def maps_figure(run: RunMaps, title: str, per_defect: int = 1) -> Figure:
     axes = fig.subplots(len(rows), 2 + len(columns), squeeze=False)
     for r, i in enumerate(rows):
         first = r == 0
-        _show(axes[r, 0], arrays["image"][i].transpose(1, 2, 0), "Image" if first else None)
-        axes[r, 0].set_ylabel(str(arrays["defect_type"][i]), fontsize=7)
-        _show(axes[r, 1], _mask(arrays, i), "Ground truth" if first else None, cmap="gray", vmin=0, vmax=1)
+        _image_and_mask(axes[r], arrays, i, first)
         for c, (key, name) in enumerate(columns):
             low, high = scales[key]
             _show(
@@ -150,9 +155,7 @@ def methods_figure(runs: list[RunMaps], title: str, per_defect: int = 1) -> Figu
     axes = fig.subplots(len(rows), 2 + len(runs), squeeze=False)
     for r, i in enumerate(rows):
         first = r == 0
-        _show(axes[r, 0], base["image"][i].transpose(1, 2, 0), "Image" if first else None)
-        axes[r, 0].set_ylabel(str(base["defect_type"][i]), fontsize=7)
-        _show(axes[r, 1], _mask(base, i), "Ground truth" if first else None, cmap="gray", vmin=0, vmax=1)
+        _image_and_mask(axes[r], base, i, first)
         for c, run in enumerate(runs):
             j = run.index_of(str(base["path"][i]))
             picture = None if j is None else run.arrays["map"][j].astype(np.float32)
