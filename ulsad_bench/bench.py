@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 
 from .environment import describe_device, resolve_device, seed_everything
 from .models.backbone import resolve_weights
-from .profiling import profile_inference
+from .profiling import profile_inference, synchronize
 from .records import write_json_atomic
 from .runner import build_model, load_data, make_context
 
@@ -70,11 +70,6 @@ def compose_bench_config(model: str, args: argparse.Namespace) -> Any:
         return compose(config_name="config", overrides=overrides)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _release() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -114,13 +109,13 @@ def bench_model(name: str, args: argparse.Namespace, epoch_timing: bool) -> dict
             features = features.to(device)
         start = time.perf_counter()
         targets = model.attention_targets(features) if model.cache_attention_target else None
-        _sync(device)
+        synchronize(device)
         result["attention_targets_s_once"] = round(time.perf_counter() - start, 3)
         timings = {}
         for label, feats, targ in (("cached", features, targets), ("uncached", None, None)):
             start = time.perf_counter()
             model._train(train, feats, epochs=1, targets=targ)
-            _sync(device)
+            synchronize(device)
             timings[label] = time.perf_counter() - start
         result["feature_extraction_s"] = round(feature_s or 0.0, 3)
         result["train_epoch_s_cached"] = round(timings["cached"], 3)

@@ -137,7 +137,8 @@ def cpu_tensor_peak_bytes(model: AnomalyModel, batch: torch.Tensor) -> int:
     return sum(state.values()) + tracker.peak
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA) before reading a clock; no-op elsewhere."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -179,13 +180,13 @@ def profile_inference(
     batch = build_batch(images, batch_size, device)
     for _ in range(warmup_batches):
         model.predict(batch)
-    _sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         for _ in range(timed_batches):
             model.predict(batch)
-        _sync(device)
+        synchronize(device)
         seconds = time.perf_counter() - start
         peak, kind = torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
         name = torch.cuda.get_device_name(device)
