@@ -21,8 +21,10 @@ RESULTS ?= outputs
 N_JOBS ?= 1
 DATASET_ROOT ?=
 LAUNCHER ?=
+ARGS ?=
+CACHE_DIR ?= $(or $(ULSAD_BENCH_CACHE),.cache/ulsad_bench)
 
-.PHONY: install test test-all lint demo sweep tables bench clean
+.PHONY: install test test-all lint demo sweep tables bench clean clean-cache
 
 install: $(STAMP)
 
@@ -46,15 +48,20 @@ lint: install
 demo: install
 	$(PY) -m ulsad_bench.demo
 
+# ARGS: Hydra overrides for every job, e.g. ARGS="model.epochs=2 dataset.image_size=128".
 sweep: install
-	$(PY) -m ulsad_bench.sweep dataset=$(DATASET) models=$(MODELS) seeds=$(SEEDS) results=$(RESULTS) \
-		n_jobs=$(N_JOBS) root=$(DATASET_ROOT) launcher=$(LAUNCHER)
+	$(PY) -m ulsad_bench.sweep dataset="$(DATASET)" models="$(MODELS)" seeds="$(SEEDS)" results="$(RESULTS)" \
+		n_jobs="$(N_JOBS)" root="$(DATASET_ROOT)" launcher="$(LAUNCHER)" -- $(ARGS)
 
 tables: install
 	$(PY) -m ulsad_bench.report $(RESULTS) --out reports
 
 bench: install
 	$(PY) -m ulsad_bench.bench
+
+# The bounded caches (frozen features, trained ULSAD models, EfficientAD teachers); recomputed when needed.
+clean-cache:
+	rm -rf "$(CACHE_DIR)/features"
 
 clean:
 	rm -rf outputs multirun .cache/ulsad_bench

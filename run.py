@@ -1,6 +1,8 @@
 """Hydra entry point: compose conf/ into one config and run one job (see ulsad_bench.runner).
 
 ``dataset.category=all`` is expanded into the dataset's category list and run as a multirun.
+Exit status: a single run 0 when its record is ok; a multirun 1 when any job failed or is
+missing (the sweep summary says which), else 0.
 """
 
 import os
@@ -12,8 +14,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import ulsad_bench  # noqa: F401  (registers the config resolvers)
+from ulsad_bench import sweep
 from ulsad_bench.runner import run
-from ulsad_bench.sweep import expand_all_categories
 
 # Inherited by launcher workers (joblib, submitit): no hub lookups, ever.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,5 +29,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *expand_all_categories(sys.argv[1:])]
+    try:
+        sys.argv = [sys.argv[0], *sweep.expand_all_categories(sys.argv[1:])]
+    except ValueError as err:
+        sys.exit(f"run.py: {err}")
     main()
+    if sweep.LAST_OUTCOME is not None and sweep.sweep_failed(sweep.LAST_OUTCOME):
+        sys.exit(1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ulsad_bench.metrics import aupro, evaluate, image_auroc, pixel_auroc, pro_curve, trapezoid_to
+from ulsad_bench.metrics import aupro, evaluate, image_auroc, pixel_auroc, pro_curve
 
 
 def brute_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -18,6 +18,20 @@ def brute_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     greater = (pos[:, None] > neg[None, :]).sum()
     ties = (pos[:, None] == neg[None, :]).sum()
     return (greater + 0.5 * ties) / (len(pos) * len(neg))
+
+
+def area_to(x: list[float], y: list[float], limit: float) -> float:
+    """Trapezoid area under the polyline (x, y) from its start to ``x = limit``, the segment that
+    crosses the limit cut at the limit by linear interpolation. Written independently of the
+    project's ``trapezoid_to``, so that a step (instead of interpolation) there cannot pass."""
+    area = 0.0
+    for x0, y0, x1, y1 in zip(x[:-1], y[:-1], x[1:], y[1:], strict=True):
+        if x1 <= limit:
+            area += (x1 - x0) * (y0 + y1) / 2
+        elif x0 < limit:
+            y_limit = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
+            area += (limit - x0) * (y0 + y_limit) / 2
+    return area
 
 
 def brute_aupro(masks: np.ndarray, maps: np.ndarray, limit: float) -> float:
@@ -34,7 +48,7 @@ def brute_aupro(masks: np.ndarray, maps: np.ndarray, limit: float) -> float:
         pros.append(np.mean([(above[i] & region).sum() / region.sum() for i, region in regions]))
     fprs.append(1.0)
     pros.append(1.0)
-    return trapezoid_to(np.array(fprs), np.array(pros), limit) / limit
+    return area_to(fprs, pros, limit) / limit
 
 
 def test_image_auroc_hand_computed() -> None:
@@ -86,6 +100,42 @@ def test_aupro_hand_computed() -> None:
     # area 0.3 * 0.5 (the interpolated end point), divided by 0.3 = 0.5.
     mixed = np.array([[[0.9, 0.1], [0.5, 0.05]]])
     assert aupro(masks, mixed, fpr_limit=0.3) == pytest.approx(0.5)
+
+
+SLOPED_MASK = np.array([[[True, True, False], [False, False, False]]])  # one region of 2 px, 4 normal px
+# Region pixels 0.9 and 0.5; one normal pixel tied with the second region pixel at 0.5, the rest 0.1.
+# Curve: (0, 0) -> (0, 0.5) at 0.9 -> (0.25, 1) at 0.5 (both pixels enter together: a sloped
+# segment) -> (1, 1). At the limit 0.2 the PRO is 0.5 + 0.5 * 0.2 / 0.25 = 0.9, so the area is
+# 0.2 * (0.5 + 0.9) / 2 = 0.14 and AUPRO = 0.14 / 0.2 = 0.7 (a step would give 0.5 or 1.0).
+SLOPED_MAP = np.array([[[0.9, 0.5, 0.5], [0.1, 0.1, 0.1]]])
+
+
+def test_aupro_interpolates_a_sloped_segment_at_the_limit() -> None:
+    assert aupro(SLOPED_MASK, SLOPED_MAP, fpr_limit=0.2) == pytest.approx(0.7, abs=1e-12)
+    assert brute_aupro(SLOPED_MASK, SLOPED_MAP, 0.2) == pytest.approx(0.7, abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int8])
+def test_aupro_on_integer_maps_equals_float_maps(dtype: type) -> None:
+    scale = 100 if dtype == np.int8 else 250
+    integer = np.rint(SLOPED_MAP * scale).astype(dtype)
+    integer[0, 1, 0] = 0  # a zero (its negation is zero too: the old sort broke on it)
+    assert aupro(SLOPED_MASK, integer, fpr_limit=0.2) == pytest.approx(0.7, abs=1e-12)
+    rng = np.random.default_rng(5)
+    masks = np.zeros((3, 10, 10), bool)
+    masks[0, 2:5, 2:6] = masks[1, 6:9, 1:3] = True
+    maps = rng.integers(0, 60, masks.shape) + 60 * masks  # fits int8
+    for limit in (0.05, 0.3, 1.0):
+        expected = aupro(masks, maps.astype(np.float64), limit)
+        assert aupro(masks, maps.astype(dtype), limit) == pytest.approx(expected, abs=1e-12)
+        assert expected == pytest.approx(brute_aupro(masks, maps.astype(np.float64), limit), abs=1e-12)
+
+
+def test_boolean_maps_are_refused() -> None:
+    with pytest.raises(ValueError, match="boolean"):
+        aupro(SLOPED_MASK, SLOPED_MAP > 0.4)
+    with pytest.raises(ValueError, match="boolean"):
+        pixel_auroc(SLOPED_MASK, SLOPED_MAP > 0.4)
 
 
 def test_aupro_regions_are_eight_connected_and_weighted_equally() -> None:

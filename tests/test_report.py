@@ -418,3 +418,30 @@ def test_every_table_renders_in_both_formats(results_dir: Path) -> None:
         markdown = render_markdown(table)
         widths = {line.count(" | ") for line in markdown.splitlines() if line.startswith("| ")}
         assert len(widths) == 1, table.key  # every row has the header's number of cells
+
+
+def test_markdown_escapes_markup_in_names() -> None:
+    """A name with Markdown-active characters renders as itself (parsed as GitHub does)."""
+    from markdown_it import MarkdownIt
+
+    from ulsad_bench.report.table import Table
+
+    nasty = "a*b*_c_<i>x</i>|[l](u) `t` ~~s~~ &amp; $m$ \\ breakfast_box"
+    table = Table(
+        key="t",
+        title=f"Table: {nasty}",
+        header=["Category", ("I-AUROC | AUPRO", "x")],
+        rows=[[nasty, [Value(90.0), Value(80.0)]]],
+        warnings=[f"warning about {nasty}"],
+        notes=[f"note on {nasty}"],
+    )
+    text = render_markdown(table)
+    tokens = MarkdownIt("commonmark").enable("table").enable("strikethrough").parse(text)
+    inline = [t for t in tokens if t.type == "inline"]
+    children = [c for t in inline for c in (t.children or [])]
+    assert not [c.type for c in children if c.type not in ("text", "softbreak", "strong_open", "strong_close")]
+    plain = ["".join(c.content for c in (t.children or []) if c.type == "text") for t in inline]
+    assert f"Table: {nasty}" in plain and nasty in plain
+    assert f"warning about {nasty}" in plain and f"note on {nasty}" in plain
+    assert "I-AUROC | AUPRO" in plain  # an authored label stays one cell: its pipe is escaped
+    assert "breakfast_box" in text  # intraword underscores need no escape and get none

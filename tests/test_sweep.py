@@ -56,7 +56,7 @@ def test_submitit_local_launcher_runs_jobs_in_subprocesses(shared_cache: Path, t
 
 def test_a_failing_job_does_not_stop_the_sweep(shared_cache: Path, tmp_path: Path) -> None:
     result = _multirun(tmp_path / "out", shared_cache, "dataset.category=nonexistent,texture")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # the sweep ran on, then reports the failure
     by_category = {r["category"]: r for r in _records(tmp_path / "out")}
     assert by_category["texture"]["status"] == "ok"
     assert by_category["nonexistent"]["status"] == "failed"
@@ -99,19 +99,39 @@ def test_interrupted_sweep_rerun_completes_every_record_exactly_once(shared_cach
     assert not list(out.rglob(".record.json.*.tmp")), "no half-written record left behind"
 
 
-def test_summary_distinguishes_ran_skipped_failed_missing(tmp_path: Path) -> None:
+def test_summary_distinguishes_ran_skipped_failed_missing_and_busy(tmp_path: Path, monkeypatch) -> None:
+    from ulsad_bench.sweep import SWEEP_ID_ENV, write_outcome
+
     since = time.time()
-    for name in ("ran", "failed", "missing", "skipped", "other_sweep"):
+    for name in ("ran", "failed", "missing", "skipped", "busy", "other_sweep"):
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "config.yaml").write_text("{}")
-    for name, record in {"ran": {"status": "ok"}, "failed": {"status": "failed", "error": "boom"}}.items():
-        (tmp_path / name / RECORD_NAME).write_text(json.dumps(record))
     os.utime(tmp_path / "other_sweep" / ".hydra" / "config.yaml", (since - 100, since - 100))
-    old = tmp_path / "skipped" / RECORD_NAME
-    old.write_text(json.dumps({"status": "ok"}))
-    os.utime(old, (since - 100, since - 100))
-    outcome = summarize_sweep(tmp_path, since)
-    assert outcome == {"ran": ["ran"], "skipped": ["skipped"], "failed": ["failed: boom"], "missing": ["missing"]}
+    monkeypatch.setenv(SWEEP_ID_ENV, "this")
+    write_outcome(tmp_path / "ran", "ran")
+    write_outcome(tmp_path / "failed", "failed", "boom")
+    write_outcome(tmp_path / "skipped", "skipped", "same config hash")
+    write_outcome(tmp_path / "busy", "locked", "pid 7 on host")
+    monkeypatch.setenv(SWEEP_ID_ENV, "another")
+    write_outcome(tmp_path / "other_sweep", "ran")  # another sweep's job is not this sweep's
+    outcome = summarize_sweep(tmp_path, "this", since)
+    assert outcome == {
+        "ran": ["ran"],
+        "skipped": ["skipped"],
+        "failed": ["failed: boom"],
+        "missing": ["missing"],
+        "locked": ["busy: pid 7 on host"],
+    }
+
+
+def test_a_failed_attempt_beside_an_ok_record_counts_as_failed_in_the_sweep(shared_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _multirun(out, shared_cache, "seed=0").returncode == 0
+    result = _multirun(out, shared_cache, "seed=0", "device=cuda:0", "resume=false")
+    assert result.returncode == 1
+    assert "0 ran, 0 skipped (already done), 1 failed" in result.stdout
+    assert "the ok record is kept" in result.stdout
+    assert sorted(r["status"] for r in _records(out)) == ["failed", "ok"]  # the kept record and the attempt
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny_cfg, tmp_path: Path) -> None:
@@ -122,10 +142,68 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_cfg, tmp_path: Path) -> N
     assert "FloatingPointError" in record["error"] and "epoch 1" in record["error"]
 
 
-def test_wandb_offline_run_is_written_with_metrics(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
+class FakeRun:
+    def __init__(self, calls: dict) -> None:
+        self.calls = calls
+        self.summary: dict = {}
+
+    def log(self, metrics: dict) -> None:
+        self.calls["log"] = metrics
+
+    def finish(self) -> None:
+        self.calls["finished"] = True
+        self.calls["summary"] = self.summary
+
+
+def _fake_wandb(calls: dict):
+    import types
+
+    module = types.ModuleType("wandb")
+    module.Settings = lambda **kw: kw
+    module.Image = lambda data, caption=None: ("image", data.shape, caption)
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return FakeRun(calls)
+
+    module.init = init
+    return module
+
+
+def test_wandb_logger_sends_what_the_record_holds(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "wandb", _fake_wandb(calls))
     monkeypatch.delenv("WANDB_MODE", raising=False)
     record = runner.run(tiny_cfg("model=padim", "logger=wandb"), tmp_path / "run")
     assert record["status"] == "ok"
+    assert calls["init"]["mode"] == "offline" and calls["init"]["dir"] == str(tmp_path / "run")
+    assert calls["init"]["config"] == record["config"] and calls["init"]["tags"][-1] == "random"
+    assert "WANDB_MODE" not in os.environ  # the mode goes to wandb.init, not into the environment
+    logged = calls["log"]
+    assert logged["metrics/image_auroc"] == record["metrics"]["image_auroc"]
+    assert logged["logical/aupro"] == record["metrics_by_kind"]["logical"]["aupro"]
+    assert logged["efficiency/throughput_img_s"] == record["efficiency"]["throughput_img_s"]
+    assert [image[1] for image in logged["anomaly_maps"]] == [(64, 192, 3)] * 3  # image | mask | map panels
+    assert calls["finished"] and calls["summary"]["status"] == "ok"
+
+
+def test_a_failing_tracker_never_fails_the_job(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
+    calls: dict = {}
+    fake = _fake_wandb(calls)
+    fake.init = lambda **kwargs: (_ for _ in ()).throw(ConnectionError("no network"))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    record = runner.run(tiny_cfg("model=padim", "logger=wandb"), tmp_path / "run")
+    assert record["status"] == "ok" and json.loads((tmp_path / "run" / RECORD_NAME).read_text())["status"] == "ok"
+
+
+def test_wandb_offline_run_is_written_with_metrics(tiny_cfg, tmp_path: Path, monkeypatch) -> None:
+    """One real offline run, read only after wandb's service has flushed it (``wandb.teardown``)."""
+    import wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    record = runner.run(tiny_cfg("model=padim", "logger=wandb"), tmp_path / "run")
+    assert record["status"] == "ok"
+    wandb.teardown()  # run.finish() may return before the service process has written the run file
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     log = next(runs[0].glob("run-*.wandb")).read_bytes()
@@ -212,3 +290,117 @@ def test_category_all_expands_into_a_multirun() -> None:
     ]
     assert expand_all_categories(["-m", "dataset.category=all"]) == ["-m", "dataset.category=texture,pinbox"]
     assert expand_all_categories(["seed=1"]) == ["seed=1"]
+
+
+def test_category_all_follows_the_dataset_an_experiment_preset_chooses() -> None:
+    from ulsad_bench.sweep import expand_all_categories
+
+    expanded = expand_all_categories(["+experiment=fig7_backbones", "dataset.category=all", "seed=0,1"])
+    assert expanded[expanded.index("+experiment=fig7_backbones") + 1].startswith("dataset.category=breakfast_box,")
+    with pytest.raises(ValueError, match="run one multirun per dataset"):
+        expand_all_categories(["dataset=mvtec,visa", "dataset.category=all"])
+
+
+def _no_launch(monkeypatch) -> None:
+    from ulsad_bench import sweep
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"nothing may be launched: {args}")
+
+    monkeypatch.setattr(sweep.subprocess, "run", refuse)
+
+
+def test_sweep_without_a_dataset_root_stops_before_launching(monkeypatch, capsys) -> None:
+    from ulsad_bench.sweep import main
+
+    _no_launch(monkeypatch)
+    start = time.perf_counter()
+    assert main(["dataset=visa", "models=padim"]) == 2
+    assert main(["dataset=visa", "models=padim", "root=/no/such/folder"]) == 2
+    assert time.perf_counter() - start < 30
+    err = capsys.readouterr().err
+    assert err.count("nothing was launched") == 2 and err.count("DATASET_ROOT=/path/to/visa") == 2
+    assert "dataset.root is not set" in err and "/no/such/folder does not exist" in err
+    assert "candle/" in err  # the expected layout: the folder holding the dataset's categories
+
+
+def test_sweep_with_missing_weights_stops_with_one_message_naming_the_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    from tests.test_records import _tiny_mvtec
+    from ulsad_bench.sweep import main
+
+    _no_launch(monkeypatch)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    root = _tiny_mvtec(tmp_path / "my data")  # a space in the path
+    code = main(
+        [
+            "dataset=mvtec",
+            f"root={root}",
+            "models=padim,patchcore",
+            "categories=bottle",
+            "--",
+            "dataset.categories=[bottle]",
+            "dataset.image_size=32",
+            "backbone=resnet18",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n  - ") == 1 and "models padim, patchcore: WeightsNotFoundError" in err  # one message
+    assert "resnet18-f37072fd.pth" in err
+    assert "dataset mvtec" not in err  # the dataset itself passed the check
+
+
+def test_sweep_refuses_unknown_arguments(monkeypatch, capsys) -> None:
+    from ulsad_bench.sweep import main
+
+    _no_launch(monkeypatch)
+    assert main(["dataset=synthetic", "model=padim"]) == 2
+    assert "unknown argument 'model=padim' (did you mean models=?)" in capsys.readouterr().err
+    assert main(["dataset=synthetic", "padim"]) == 2
+
+
+def test_dataset_root_with_spaces_and_commas_reaches_hydra_whole() -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ulsad_bench.sweep import sweep_command
+
+    root = "/data/my sets/it's, here"
+    command = sweep_command({"dataset": "mvtec", "root": root}, [], categories=["bottle"])
+    line = next(a for a in command if a.startswith("dataset.root="))
+    override = OverridesParser.create().parse_overrides([line])[0]
+    assert not override.is_sweep_override() and override.value() == root
+
+
+def test_make_sweep_passes_args_and_quotes_the_root() -> None:
+    import shlex
+
+    out = subprocess.run(
+        ["make", "-n", "sweep", "DATASET=mvtec", "DATASET_ROOT=/data/my sets", "ARGS=model.epochs=2 seed=3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    line = next(li for li in out.stdout.replace("\\\n", " ").splitlines() if "ulsad_bench.sweep" in li)
+    argv = shlex.split(line)
+    assert "root=/data/my sets" in argv
+    assert argv[argv.index("--") + 1 :] == ["model.epochs=2", "seed=3"]
+
+
+def test_make_sweep_exits_non_zero_when_a_job_failed_and_still_writes_tables(tmp_path: Path, monkeypatch) -> None:
+    """run.py -m exits 1 when a job failed (test_a_failing_job_does_not_stop_the_sweep); make sweep passes it on
+    after writing the tables."""
+    from ulsad_bench import sweep
+
+    launched: list[list[str]] = []
+
+    def fake_run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+        launched.append(command)
+        failed_sweep = "run.py" in command[1]
+        return subprocess.CompletedProcess(command, 1 if failed_sweep else 0)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    code = sweep.main(["dataset=synthetic", "models=padim", "seeds=0", f"results={tmp_path}", "--", *TINY_DATA])
+    assert code == 1
+    assert [c[1] if "run.py" in c[1] else c[2] for c in launched] == [str(REPO / "run.py"), "ulsad_bench.report"]

@@ -1,10 +1,11 @@
 """ulsad-bench: a benchmark harness reproducing ULSAD (TMLR 2024) and its baselines."""
 
-import hashlib
 import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from .config import run_subdir
 
 __version__ = "0.1.0"
 
@@ -16,17 +17,7 @@ def _variant_suffix(variant: object) -> str:
     return "" if variant in (None, "", "null") else f"-{variant}"
 
 
-def _subdir(name: object) -> str:
-    """``/<overrides>`` for a run folder; long override lists keep a prefix plus a hash."""
-    if name in (None, ""):
-        return ""
-    text = str(name)
-    if len(text) > 120:
-        text = f"{text[:100]}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
-    return f"/{text}"
-
-
 if not OmegaConf.has_resolver("variant_suffix"):
     OmegaConf.register_new_resolver("variant_suffix", _variant_suffix)
-if not OmegaConf.has_resolver("subdir"):
-    OmegaConf.register_new_resolver("subdir", _subdir)
+if not OmegaConf.has_resolver("run_subdir"):
+    OmegaConf.register_new_resolver("run_subdir", lambda overrides: run_subdir(list(overrides or [])))

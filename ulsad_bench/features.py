@@ -4,11 +4,16 @@ Frozen features depend only on the images, the backbone, its weights, the layers
 image size, never on the run seed. They are computed once per such key and reused across
 epochs, seeds and jobs. The key is a dict of those values; its hash names the file
 ``<directory>/<hash>.pt``, written atomically (temporary file + rename), so parallel jobs
-never read a half-written file.
+never read a half-written file; ``<hash>.json`` beside it says what the entry is.
+
+The folder is bounded (``cache.max_gb``): after each write the least recently used entries
+(by modification time, which a hit refreshes) are deleted until the folder fits, never the
+entry just written. An evicted entry is recomputed when next needed, with the same values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -43,11 +48,13 @@ class FeatureCache:
     _memory: ClassVar[OrderedDict[str, Any]] = OrderedDict()  # shared by all caches of a process
     memory_items = 4
 
-    def __init__(self, directory: Path | None, enabled: bool = True) -> None:
+    def __init__(self, directory: Path | None, enabled: bool = True, max_bytes: int | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
         self.enabled = enabled
+        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
+        self.evicted: list[str] = []
 
     def _remember(self, key: str, value: Any) -> None:
         self._memory[key] = value
@@ -77,6 +84,7 @@ class FeatureCache:
                 value = None  # unreadable cache entry: recompute and overwrite
             if value is not None:
                 self.hits += 1
+                _touch(path)
                 if keep_in_memory:
                     self._remember(key, value)
                 return value
@@ -89,10 +97,55 @@ class FeatureCache:
             torch.save(value, tmp)
             os.replace(tmp, path)
             (path.with_suffix(".json")).write_text(json.dumps(parts, sort_keys=True, default=str, indent=1))
+            self.enforce_limit(keep=path)
         if keep_in_memory:
             self._remember(key, value)
         return value
 
+    def enforce_limit(self, keep: Path | None = None) -> list[str]:
+        """Delete least recently used entries until the folder holds at most ``max_bytes``;
+        returns the deleted entries' names."""
+        if self.directory is None or self.max_bytes is None:
+            return []
+        deleted = evict_lru(self.directory, self.max_bytes, keep=keep)
+        self.evicted += deleted
+        return deleted
+
     @classmethod
     def clear_memory(cls) -> None:
         cls._memory.clear()
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):  # marks the entry as recently used (atime is unreliable: noatime mounts)
+        os.utime(path)
+
+
+def cache_entries(directory: Path) -> list[tuple[float, int, Path]]:
+    """``(last use, bytes, path)`` of every ``*.pt`` entry in ``directory``, least recent first."""
+    entries = []
+    for path in Path(directory).glob("*.pt"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # evicted by another process meanwhile
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    return sorted(entries)
+
+
+def evict_lru(directory: Path, max_bytes: int, keep: Path | None = None) -> list[str]:
+    """Delete the least recently used entries of ``directory`` (each ``.pt`` with its ``.json``)
+    until the rest total at most ``max_bytes``; ``keep`` is never deleted."""
+    entries = cache_entries(directory)
+    total = sum(size for _, size, _ in entries)
+    deleted = []
+    for _, size, path in entries:
+        if total <= max_bytes:
+            break
+        if keep is not None and path == keep:
+            continue
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        total -= size
+        deleted.append(path.name)
+    return deleted

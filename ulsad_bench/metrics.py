@@ -25,6 +25,11 @@ def _check(target: np.ndarray, score: np.ndarray, what: str) -> tuple[np.ndarray
     score = np.asarray(score)
     if target.shape != score.shape:
         raise ValueError(f"{what}: targets {target.shape} and scores {score.shape} differ in shape")
+    if score.dtype == bool or not np.issubdtype(score.dtype, np.number):
+        raise ValueError(
+            f"{what}: scores have dtype {score.dtype}; expected real-valued anomaly scores (float or integer), "
+            "not a thresholded (boolean) map"
+        )
     if not np.all(np.isfinite(score)):
         raise ValueError(f"{what}: scores contain NaN or infinite values")
     return target.astype(bool).ravel(), score.ravel()
@@ -127,7 +132,8 @@ def pro_curve(masks: np.ndarray, maps: np.ndarray, fpr_limit: float | None = Non
         scores, normal, pro_weights = scores[keep], normal[keep], weights.ravel()[keep]
     else:
         pro_weights = weights.ravel()
-    order = np.argsort(-scores, kind="stable")
+    # Descending order without negating: -x wraps around for unsigned integers (-0 is 0, -1 is 255).
+    order = np.argsort(scores, kind="stable")[::-1]
     sorted_scores = scores[order]
     fpr = np.cumsum(normal[order], dtype=np.float64) / n_normal
     pro = np.cumsum(pro_weights[order]) / n_regions

@@ -1,14 +1,24 @@
-"""The run record: one JSON file per job, written atomically.
+"""The run record: one JSON file per job, written atomically, validated when read.
 
 A record holds everything needed to trace a number in a table back to its run: the resolved
-config and its hash, the model's hyperparameters, the dataset counts, the backbone weights,
-metrics (fractions in [0, 1]), timings, efficiency figures, versions, device and status.
+config and its hash, the model's hyperparameters, the dataset counts and fingerprint, the
+backbone weights, metrics (fractions in [0, 1]), timings, efficiency figures, versions, device
+and status. Its fields are :class:`RunRecord` (pydantic): a file that does not satisfy it, or
+is not JSON, is *malformed* and never counts as a result (:func:`inspect_record` says why).
 
-Fields (``SCHEMA_VERSION`` 1): ``status`` ("ok" | "failed"), ``error`` and ``traceback``
-(failed only), ``config``, ``config_hash``, ``model``, ``variant``, ``dataset``,
-``category``, ``seed``, ``backbone``, ``weights``, ``data``, ``val_source``, ``metrics``,
-``metrics_by_kind``, ``timing``, ``fit``, ``hyperparameters``, ``efficiency``,
-``versions``, ``device``, ``precision``, ``started``, ``finished``.
+Where a job's files go (``<run_dir>`` is ``outputs/<dataset>/<category>/<model>/.../seed=<n>``):
+
+- ``<run_dir>/record.json`` (+ ``predictions.csv``, ``maps.npz``): the job's result. An ok record
+  is only ever replaced by a newer ok record (with its own files); a failed record is written
+  here only while there is no ok record.
+- ``<run_dir>/attempts/<UTC time>-<pid>/record.json``: a failed attempt made while an ok record
+  was already there (a re-run with another config, an out-of-memory, a CUDA device missing): the
+  ok record and its files are kept, the failure stays visible to the sweep summary and the report.
+
+Resume (``resume=strict``, the default) skips a job only when its ok record has the same config
+hash, the same data fingerprint (the files the job read: names, sizes, mtimes) and the same
+versions of the code that makes the numbers (:data:`RESULT_VERSIONS`); ``resume=config`` compares
+the config hash only; ``resume=false`` always runs. :func:`resume_check` says why a job runs again.
 """
 
 from __future__ import annotations
@@ -17,22 +27,103 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .config import result_config
+
+SCHEMA_VERSION = 2
 RECORD_NAME = "record.json"
-# Config keys that do not change what a job computes (where it writes, how it logs).
-NON_RESULT_KEYS = ("output_root", "logger", "progress", "hydra", "resume", "fail_fast", "cache_dir")
+ATTEMPTS_DIR = "attempts"
+RESUME_MODES = ("strict", "config", "off")
+#: versions whose change can change a job's numbers (the record's ``versions`` holds more)
+RESULT_VERSIONS = ("package", "git", "torch", "torchvision", "anomalib")
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    """Hash of the parts of a resolved config that determine a job's results."""
-    relevant = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
+# ----------------------------------------------------------------------------- schema
+
+
+class Metrics(BaseModel):
+    """Metrics of one test set (fractions in [0, 1]); further metrics may follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    image_auroc: float = Field(ge=0.0, le=1.0)
+    pixel_auroc: float = Field(ge=0.0, le=1.0)
+    aupro: float = Field(ge=0.0, le=1.0)
+
+
+class SplitFingerprint(BaseModel):
+    files: int = Field(ge=0)
+    names_sha256: str
+    sha256: str
+
+
+class DataFingerprint(BaseModel):
+    """What a job read: per split the number of files (images and masks), a hash of their names
+    (relative to the category folder) and a hash of names, sizes and mtimes."""
+
+    sha256: str
+    splits: dict[str, SplitFingerprint]
+
+
+class RunRecord(BaseModel):
+    """The fields of ``record.json``; more are allowed (timings, efficiency, hyperparameters, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = 1
+    status: Literal["ok", "failed"]
+    model: str
+    variant: str | None = None
+    dataset: str
+    category: str
+    seed: int
+    backbone: str = ""
+    config_hash: str
+    config: dict[str, Any]
+    error: str | None = None
+    metrics: Metrics | None = None
+    metrics_by_kind: dict[str, Metrics] = Field(default_factory=dict)
+    data_fingerprint: DataFingerprint | None = None
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    weights: dict[str, Any] = Field(default_factory=dict)
+    started: str | None = None
+    finished: str | None = None
+
+    @model_validator(mode="after")
+    def _status_fields(self) -> RunRecord:
+        if self.status == "ok" and self.metrics is None:
+            raise ValueError("status ok without metrics")
+        if self.status == "failed" and not self.error:
+            raise ValueError("status failed without an error message")
+        return self
+
+
+def _validation_message(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors()[:4]:
+        where = ".".join(str(p) for p in item["loc"]) or "record"
+        parts.append(f"{where}: {item['msg']}")
+    more = f" (+{err.error_count() - 4} more)" if err.error_count() > 4 else ""
+    return "; ".join(parts) + more
+
+
+# ----------------------------------------------------------------------------- writing and reading
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Hash of the result keys of a resolved config (:func:`ulsad_bench.config.result_config`)."""
+    relevant = result_config(config)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     """Write JSON to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,40 +140,168 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
+def write_record(run_dir: Path, record: Mapping[str, Any]) -> Path:
     path = Path(run_dir) / RECORD_NAME
     write_json_atomic(path, {"schema_version": SCHEMA_VERSION, **record})
     return path
 
 
-def read_record(path: Path) -> dict[str, Any] | None:
-    """The record at ``path``, or None when it is missing or not valid JSON."""
+@dataclass(frozen=True)
+class RecordRead:
+    """A record file as read: the record when it is valid, else why it is not."""
+
+    path: Path
+    record: dict[str, Any] | None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.record is not None and self.record.get("status") == "ok"
+
+
+def inspect_record(path: Path) -> RecordRead:
+    """Read and validate one record file; never raises for a bad file."""
+    path = Path(path)
     try:
         with open(path) as handle:
-            record = json.load(handle)
-    except (OSError, json.JSONDecodeError):
-        return None
-    return record if isinstance(record, dict) else None
+            payload = json.load(handle)
+    except FileNotFoundError:
+        return RecordRead(path, None, "missing")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return RecordRead(path, None, f"unreadable: not a JSON record ({type(err).__name__}: {err})")
+    if not isinstance(payload, dict):
+        return RecordRead(path, None, f"malformed: expected a JSON object, got {type(payload).__name__}")
+    try:
+        RunRecord.model_validate(payload)
+    except ValidationError as err:
+        return RecordRead(path, None, f"malformed: {_validation_message(err)}")
+    return RecordRead(path, payload)
 
 
-def completed_record(run_dir: Path, expected_hash: str) -> dict[str, Any] | None:
-    """The run's record if it finished with status ok for the same config hash, else None."""
-    record = read_record(Path(run_dir) / RECORD_NAME)
-    if record and record.get("status") == "ok" and record.get("config_hash") == expected_hash:
-        return record
-    return None
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The valid record at ``path``, or None when it is missing, unreadable or malformed."""
+    return inspect_record(path).record
 
 
 def find_records(root: Path) -> list[Path]:
-    """Every record file under ``root``, sorted."""
+    """Every record file under ``root`` (failed attempts under ``attempts/`` included), sorted."""
     return sorted(Path(root).rglob(RECORD_NAME))
+
+
+def is_attempt(path: Path) -> bool:
+    """Whether a record file is a failed attempt kept beside an ok record."""
+    return Path(path).parent.parent.name == ATTEMPTS_DIR
+
+
+def new_attempt_dir(run_dir: Path) -> Path:
+    """A fresh folder ``<run_dir>/attempts/<UTC time>-<pid>`` for one attempt's files."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    path = Path(run_dir) / ATTEMPTS_DIR / f"{stamp}-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def failed_attempts(run_dir: Path) -> list[RecordRead]:
+    """The failed attempts kept beside ``run_dir``'s ok record, oldest first."""
+    folder = Path(run_dir) / ATTEMPTS_DIR
+    if not folder.is_dir():
+        return []
+    return [inspect_record(p) for p in sorted(folder.glob(f"*/{RECORD_NAME}"))]
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def resume_mode(value: Any) -> str:
+    """``resume`` as one of :data:`RESUME_MODES` (``true`` = strict, ``false`` = off)."""
+    if value is True or value is None:
+        return "strict"
+    if value is False:
+        return "off"
+    text = str(value).lower()
+    if text in ("true", "strict"):
+        return "strict"
+    if text in ("false", "off", "no", "never"):
+        return "off"
+    if text == "config":
+        return "config"
+    raise ValueError(f"resume={value!r}: expected strict (default), config or false")
+
+
+def _split_change(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    n_old, n_new = int(old["files"]), int(new["files"])
+    if n_old != n_new:
+        delta = n_new - n_old
+        what = f"{abs(delta)} file{'s' if abs(delta) != 1 else ''} {'added' if delta > 0 else 'removed'}"
+        return f"{name}: {what} ({n_old} -> {n_new} files)"
+    if old["names_sha256"] != new["names_sha256"]:
+        return f"{name}: other files under the same count ({n_new})"
+    return f"{name}: {n_new} files with other sizes or modification times"
+
+
+def describe_data_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str | None:
+    """None when two data fingerprints agree, else what changed (``"test: 1 file removed ..."``)."""
+    if old is None:
+        return "the record has no data fingerprint (made before fingerprints were recorded)"
+    if old.get("sha256") == new.get("sha256"):
+        return None
+    old_splits, new_splits = old.get("splits", {}), new.get("splits", {})
+    changes = []
+    for name in sorted(set(old_splits) | set(new_splits), key=["train", "val", "test"].index):
+        if name not in old_splits or name not in new_splits:
+            changes.append(f"{name}: split {'added' if name in new_splits else 'removed'}")
+        elif old_splits[name]["sha256"] != new_splits[name]["sha256"]:
+            changes.append(_split_change(name, old_splits[name], new_splits[name]))
+    return "; ".join(changes) or "fingerprints differ"
+
+
+def describe_version_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    changes = [f"{k} {old.get(k)} -> {new.get(k)}" for k in RESULT_VERSIONS if old.get(k) != new.get(k)]
+    return ", ".join(changes) or None
+
+
+def resume_check(
+    record: Mapping[str, Any] | None,
+    mode: str,
+    config_hash_now: str,
+    fingerprint: Mapping[str, Any] | None,
+    versions_now: Mapping[str, Any],
+) -> tuple[bool, str]:
+    """``(skip, reason)``: whether an existing ok ``record`` makes the job unnecessary, and why
+    (or why not). ``fingerprint`` None skips the data comparison (the data could not be listed:
+    the job then runs and reports the error itself)."""
+    if mode == "off":
+        return False, "resume=false"
+    if record is None or record.get("status") != "ok":
+        return False, "no ok record"
+    if record.get("config_hash") != config_hash_now:
+        return False, f"config changed (hash {record.get('config_hash')} -> {config_hash_now})"
+    if mode == "config":
+        return True, f"same config hash {config_hash_now} (resume=config)"
+    if fingerprint is None:
+        return False, "the data could not be listed"
+    data = describe_data_change(record.get("data_fingerprint"), fingerprint)
+    if data:
+        return False, f"data changed: {data}"
+    code = describe_version_change(record.get("versions") or {}, versions_now)
+    if code:
+        return False, f"versions changed: {code}"
+    return True, f"same config hash {config_hash_now}, data and versions"
+
+
+def is_dirty(record: Mapping[str, Any]) -> bool:
+    """Whether a record was made from a git tree with uncommitted changes."""
+    return str((record.get("versions") or {}).get("git") or "").endswith("-dirty")
+
+
+# ----------------------------------------------------------------------------- the summary CLI
 
 
 def _pct(value: float | None) -> str:
     return "  n/a" if value is None else f"{100 * value:5.1f}"
 
 
-def summary_line(record: dict[str, Any]) -> str:
+def summary_line(record: Mapping[str, Any]) -> str:
     """One line per job: what ran, its metrics (percent) and times."""
     head = (
         f"[{record.get('status')}] {record.get('model')}{'/' + record['variant'] if record.get('variant') else ''}"
@@ -92,12 +311,14 @@ def summary_line(record: dict[str, Any]) -> str:
         return f"{head} | {record.get('error', '')}"
     m = record["metrics"]
     line = f"{head} | I-AUROC {_pct(m['image_auroc'])} P-AUROC {_pct(m['pixel_auroc'])} AUPRO {_pct(m['aupro'])}"
-    for kind, km in record.get("metrics_by_kind", {}).items():
+    for kind, km in (record.get("metrics_by_kind") or {}).items():
         line += f" | {kind} I-AUROC {_pct(km['image_auroc'])}"
-    timing = record.get("timing", {})
+    timing = record.get("timing") or {}
     line += f" | fit {timing.get('fit_s', 0):.1f}s predict {timing.get('predict_s', 0):.1f}s"
-    if record.get("weights", {}).get("kind") == "random":
+    if (record.get("weights") or {}).get("kind") == "random":
         line += " | RANDOM-INIT backbone"
+    if is_dirty(record):
+        line += " | DIRTY git tree"
     return line
 
 
@@ -109,10 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", type=Path)
     args = parser.parse_args(argv)
     paths = find_records(args.results)
+    bad = 0
     for path in paths:
-        record = read_record(path)
-        print(summary_line(record) if record else f"[unreadable] {path}")
-    print(f"{len(paths)} records under {args.results}")
+        read = inspect_record(path)
+        if read.record is None:
+            bad += 1
+            print(f"[malformed] {path}: {read.problem}")
+            continue
+        prefix = "[attempt] " if is_attempt(path) else ""
+        print(prefix + summary_line(read.record))
+    print(f"{len(paths)} records under {args.results} ({bad} malformed or unreadable)")
     return 0
 
 

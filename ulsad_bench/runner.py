@@ -1,14 +1,18 @@
-"""One job: data -> fit -> predict -> metrics -> record.
+"""One job: check settings -> resume check -> lock -> data -> fit -> predict -> metrics -> record.
 
 :func:`run` is a plain function of a composed config (``run.py`` is only its Hydra entry
 point), so tests and scripts call it directly. Whatever happens inside, a record is written
-atomically to the job's folder: status ``ok`` with metrics, or ``failed`` with the error.
+atomically: status ``ok`` with metrics, or ``failed`` with the error. The job's files are made in
+a fresh ``attempts/`` folder and moved into the run folder only with an ok record, so a failed
+attempt never replaces an ok record or leaves its files beside another record.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
+import shutil
 import time
 import traceback
 from datetime import datetime, timezone
@@ -18,18 +22,30 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from .data import ImageSet, Splits, build_splits, load_image_set
+from .data import DatasetError, ImageSet, Splits, build_splits, load_image_set
 from .environment import describe_device, resolve_device, seed_everything, versions
 from .features import FeatureCache
+from .joblock import JobLock, describe_holder
 from .metrics import evaluate
 from .models.backbone import BackboneSpec, WeightsInfo, resolve_weights
 from .models.base import AnomalyModel, Prediction, RunContext
 from .profiling import profile_inference
-from .records import completed_record, config_hash, summary_line, write_record
+from .records import (
+    ATTEMPTS_DIR,
+    RECORD_NAME,
+    config_hash,
+    inspect_record,
+    new_attempt_dir,
+    resume_check,
+    resume_mode,
+    summary_line,
+    write_record,
+)
+from .sweep import write_outcome
 
 log = logging.getLogger("ulsad_bench")
 
@@ -130,7 +146,11 @@ def make_context(cfg: DictConfig, device: torch.device, weights: WeightsInfo) ->
         seed=seed,
         image_size=int(cfg.dataset.image_size),
         backbone=BackboneSpec(str(cfg.backbone.name), weights),
-        feature_cache=FeatureCache(Path(cfg.cache_dir) / "features", enabled=bool(cfg.feature_cache)),
+        feature_cache=FeatureCache(
+            Path(cfg.cache_dir) / "features",
+            enabled=bool(cfg.feature_cache),
+            max_bytes=int(float(cfg.cache.max_gb) * 2**30),
+        ),
         precision=str(cfg.precision),
         progress=bool(cfg.progress),
         log=log.info,
@@ -148,7 +168,43 @@ def configured_weights(cfg: DictConfig, resolve_file: bool = True) -> WeightsInf
     return WeightsInfo(kind=weights, random_init_seed=seed if weights == "random" else None)
 
 
-def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
+SEED_RANGE = 2**32
+#: the files a job writes beside its record (moved into the run folder with an ok record)
+JOB_FILES = ("predictions.csv", "maps.npz")
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """The files a job needs besides its dataset: backbone weights (the configured backbone's, or
+    a model's own network's under the weights policy) and a model's own files (EfficientAD's
+    teacher, penalty images). Raises the error a job would raise, naming the file; reads nothing
+    big. Used by the sweep's pre-flight."""
+    validate_job(cfg)
+    model = build_model(cfg.model)
+    weights = configured_weights(cfg, resolve_file=model.uses_configured_backbone)
+    own = model.own_backbone()
+    if own is not None:
+        make_context(cfg, torch.device("cpu"), weights).backbone_spec(own)
+    model.check_files()
+
+
+def validate_job(cfg: DictConfig) -> None:
+    """Settings a job can check before it reads any data; each error names the setting and
+    what is allowed."""
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_RANGE:
+        raise ValueError(f"seed={seed!r}: expected an integer in [0, 2^32) = [0, {SEED_RANGE - 1}]")
+    size = cfg.dataset.image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"dataset.image_size={size!r}: expected a positive integer (pixels)")
+    model_class = get_class(str(cfg.model._target_))
+    if not (isinstance(model_class, type) and issubclass(model_class, AnomalyModel)):
+        raise TypeError(f"model._target_={cfg.model._target_} is not an AnomalyModel")
+    model_class.check_image_size(size)
+    resume_mode(cfg.get("resume", "strict"))
+
+
+def _execute(cfg: DictConfig, record: dict[str, Any], files_dir: Path) -> None:
+    """The job itself; its files (predictions, maps) go to ``files_dir``."""
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     device = resolve_device(str(cfg.device))
     record["device"] = describe_device(device)
@@ -160,6 +216,7 @@ def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
     splits, train, val, test = load_data(cfg)
     load_s = time.perf_counter() - start
     record["data"] = splits.counts()
+    record["data_fingerprint"] = splits.fingerprint()
     record["val_source"] = splits.val_source
     progress = bool(cfg.progress)
 
@@ -195,13 +252,74 @@ def _execute(cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
     metrics, by_kind = evaluate(test.labels, scores, test.masks.numpy(), maps, test.kinds, float(cfg.fpr_limit))
     record["metrics"] = metrics
     record["metrics_by_kind"] = by_kind
-    save_predictions(run_dir, test, scores)
-    save_map_preview(run_dir, test, maps, extras, int(cfg.save_maps_per_defect))
+    save_predictions(files_dir, test, scores)
+    save_map_preview(files_dir, test, maps, extras, int(cfg.save_maps_per_defect))
     record["timing"]["metrics_s"] = round(time.perf_counter() - start, 3)
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _data_fingerprint(cfg: DictConfig) -> dict[str, Any] | None:
+    """The fingerprint of the files the job would read, or None when they cannot be listed (the
+    job then fails on the same error and records it)."""
+    try:
+        return build_splits(cfg.dataset, Path(cfg.cache_dir)).fingerprint()
+    except (DatasetError, OSError, ValueError):
+        return None
+
+
+def _promote(attempt_dir: Path, run_dir: Path, record: dict[str, Any]) -> None:
+    """Make an ok attempt the run's result: its files replace the old ones (a file the new run
+    did not write is removed, so nothing stale stays beside the record), the record comes last,
+    and earlier failed attempts, now superseded, go."""
+    for name in JOB_FILES:
+        made = attempt_dir / name
+        if made.is_file():
+            os.replace(made, run_dir / name)
+        else:
+            (run_dir / name).unlink(missing_ok=True)
+    write_record(run_dir, record)
+    shutil.rmtree(run_dir / ATTEMPTS_DIR, ignore_errors=True)
+
+
+def _keep_failure(attempt_dir: Path, run_dir: Path, record: dict[str, Any]) -> Path:
+    """Write a failed attempt's record without touching an ok record: beside it, in the
+    attempt's folder, when there is one; else as the run's record (its stale files removed)."""
+    if inspect_record(run_dir / RECORD_NAME).ok:
+        for name in JOB_FILES:
+            (attempt_dir / name).unlink(missing_ok=True)
+        record["kept_ok_record"] = str(run_dir / RECORD_NAME)
+        return write_record(attempt_dir, record)
+    shutil.rmtree(attempt_dir, ignore_errors=True)
+    if not any((run_dir / ATTEMPTS_DIR).glob("*")):
+        shutil.rmtree(run_dir / ATTEMPTS_DIR, ignore_errors=True)
+    for name in JOB_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    return write_record(run_dir, record)
+
+
+def _fail(record: dict[str, Any], err: BaseException, cfg: DictConfig) -> None:
+    record["status"] = "failed"
+    record["error"] = f"{type(err).__name__}: {err}"
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        record["error"] += (
+            f" | out of GPU memory with model.batch_size={cfg.model.get('batch_size')}, "
+            f"eval_batch_size={cfg.eval_batch_size}, profile.batch_size={cfg.profile.batch_size}: "
+            "lower these (or dataset.image_size) and run again"
+        )
+    record["traceback"] = traceback.format_exc(limit=20)
+    log.error("job failed: %s", record["error"])
+
+
 def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
-    """Run one job and write its record to ``run_dir`` (default: Hydra's output folder)."""
+    """Run one job and write its record to ``run_dir`` (default: Hydra's output folder).
+
+    Returns the job's record: the new one, the ok record it skipped on (resume), or, when
+    another process holds the job's lock, ``{"status": "locked", ...}`` (nothing written).
+    A failed attempt never replaces an ok record (:mod:`ulsad_bench.records`).
+    """
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
@@ -211,52 +329,73 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     chash = config_hash(config)
-    if cfg.get("resume", True):
-        done = completed_record(run_dir, chash)
-        if done is not None:
-            log.info("skip (already done, same config hash %s): %s", chash, run_dir)
-            return done
     record: dict[str, Any] = {
         "status": "running",
         "model": str(cfg.model.name),
-        "variant": cfg.get("variant"),
+        "variant": None if cfg.get("variant") is None else str(cfg.get("variant")),
         "dataset": str(cfg.dataset.name),
         "category": str(cfg.dataset.category),
-        "seed": int(cfg.seed),
+        "seed": cfg.seed if isinstance(cfg.seed, int) else -1,
         "backbone": str(cfg.backbone.name),
         "precision": str(cfg.precision),
         "config_hash": chash,
         "config": config,
         "versions": versions(),
         "run_dir": str(run_dir),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": _now(),
     }
     try:
-        _execute(cfg, record, run_dir)
-        record["status"] = "ok"
-    except Exception as err:  # one job's failure is recorded, never lost, never fatal to a sweep
-        record["status"] = "failed"
-        record["error"] = f"{type(err).__name__}: {err}"
-        if isinstance(err, torch.cuda.OutOfMemoryError):
-            record["error"] += (
-                f" | out of GPU memory with model.batch_size={cfg.model.get('batch_size')}, "
-                f"eval_batch_size={cfg.eval_batch_size}, profile.batch_size={cfg.profile.batch_size}: "
-                "lower these (or dataset.image_size) and run again"
-            )
-        record["traceback"] = traceback.format_exc(limit=20)
-        log.error("job failed: %s", record["error"])
+        validate_job(cfg)
+    except Exception as err:  # a bad setting fails this job, named, before any data is read
+        _fail(record, err, cfg)
+        record["finished"] = _now()
+        _keep_failure(new_attempt_dir(run_dir), run_dir, record)
+        write_outcome(run_dir, "failed", record["error"])
         if cfg.get("fail_fast", False):
-            record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            write_record(run_dir, record)
             raise
-    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_record(run_dir, record)
-    log.info(summary_line(record))
-    if cfg.logger.name == "wandb":
+        return record
+    mode = resume_mode(cfg.get("resume", "strict"))
+    fingerprint = _data_fingerprint(cfg) if mode == "strict" else None
+    with JobLock(run_dir) as lock:
+        if not lock.acquired:
+            log.warning("skip (running in another process: %s): %s", describe_holder(lock.holder), run_dir)
+            write_outcome(run_dir, "locked", describe_holder(lock.holder))
+            return {**record, "status": "locked", "holder": lock.holder}
+        if lock.took_over:
+            log.info("took over the lock left by %s (no longer running): %s", describe_holder(lock.holder), run_dir)
+        existing = inspect_record(run_dir / RECORD_NAME)
+        skip, why = resume_check(existing.record, mode, chash, fingerprint, record["versions"])
+        if skip:
+            log.info("skip (already done: %s): %s", why, run_dir)
+            write_outcome(run_dir, "skipped", why)
+            assert existing.record is not None
+            return existing.record
+        if existing.ok:
+            log.info("re-running (%s): %s", why, run_dir)
+        attempt_dir = new_attempt_dir(run_dir)
         try:
-            from .tracking import log_record
-
-            log_record(cfg.logger, record, run_dir)
+            _execute(cfg, record, attempt_dir)
+            record["status"] = "ok"
+        except Exception as err:  # one job's failure is recorded, never lost, never fatal to a sweep
+            _fail(record, err, cfg)
+            record["finished"] = _now()
+            kept = _keep_failure(attempt_dir, run_dir, record)
+            write_outcome(
+                run_dir, "failed", record["error"] + (f" (the ok record is kept; this: {kept})" if existing.ok else "")
+            )
+            if cfg.get("fail_fast", False):
+                raise
+        else:
+            record["finished"] = _now()
+            _promote(attempt_dir, run_dir, record)
+            write_outcome(run_dir, "ran")
+    log.info(summary_line(record))
+    if record["status"] == "failed" and existing.ok:
+        log.info("the earlier ok record is kept: %s", run_dir / RECORD_NAME)
+    logger = instantiate(cfg.logger) if cfg.logger.get("_target_") else None
+    if logger is not None:
+        try:
+            logger.log_record(record, run_dir)
         except Exception as err:  # tracking must never lose or fail a finished job
-            log.error("wandb logging failed (the record is written): %s: %s", type(err).__name__, err)
+            log.error("logging to %s failed (the record is written): %s: %s", cfg.logger.name, type(err).__name__, err)
     return record

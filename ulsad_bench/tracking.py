@@ -8,12 +8,10 @@ figures, and a few panels (image | ground truth | anomaly map) from ``maps.npz``
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
 
 
 def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -47,38 +45,48 @@ def _panels(run_dir: Path, count: int) -> list[tuple[np.ndarray, str]]:
     return panels
 
 
-def log_record(logger_cfg: DictConfig, record: dict[str, Any], run_dir: Path) -> None:
-    """Log one job to W&B (see module docstring)."""
-    import wandb
+class WandbLogger:
+    """``logger=wandb``: one W&B run per finished job (see the module docstring).
 
-    mode = str(logger_cfg.get("mode", "offline"))
-    os.environ.setdefault("WANDB_MODE", mode)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    name = (
-        f"{record['model']}{'-' + record['variant'] if record.get('variant') else ''}/"
-        f"{record['dataset']}/{record['category']}/seed={record['seed']}"
-    )
-    run = wandb.init(
-        project=str(logger_cfg.project),
-        entity=logger_cfg.get("entity"),
-        name=name,
-        group=f"{record['dataset']}/{record['category']}",
-        job_type=str(record["model"]),
-        config=record.get("config"),
-        dir=str(run_dir),
-        mode=mode,
-        tags=[record["model"], record["dataset"], record.get("weights", {}).get("kind", "unknown")],
-        reinit="finish_previous",
-        settings=wandb.Settings(console="off", silent=True),
-    )
-    try:
-        metrics = flat_metrics(record)
-        images = [wandb.Image(panel, caption=caption) for panel, caption in _panels(run_dir, int(logger_cfg.images))]
-        if images:
-            metrics["anomaly_maps"] = images
-        run.log(metrics)
-        run.summary["status"] = record.get("status")
-        if record.get("error"):
-            run.summary["error"] = record["error"]
-    finally:
-        run.finish()
+    The mode (``offline`` by default, ``online``, ``disabled``) is passed to ``wandb.init``;
+    nothing is written into the process environment, so one job's setting never leaks into the
+    next job of the same process.
+    """
+
+    def __init__(
+        self, project: str, entity: str | None = None, mode: str = "offline", images: int = 4, name: str = "wandb"
+    ) -> None:
+        self.project, self.entity, self.mode, self.images, self.name = project, entity, mode, int(images), name
+
+    def log_record(self, record: dict[str, Any], run_dir: Path) -> None:
+        """Log one job's record (and a few anomaly-map panels from ``maps.npz``)."""
+        import wandb
+
+        name = (
+            f"{record['model']}{'-' + record['variant'] if record.get('variant') else ''}/"
+            f"{record['dataset']}/{record['category']}/seed={record['seed']}"
+        )
+        run = wandb.init(
+            project=self.project,
+            entity=self.entity,
+            name=name,
+            group=f"{record['dataset']}/{record['category']}",
+            job_type=str(record["model"]),
+            config=record.get("config"),
+            dir=str(run_dir),
+            mode=self.mode,
+            tags=[record["model"], record["dataset"], (record.get("weights") or {}).get("kind", "unknown")],
+            reinit="finish_previous",
+            settings=wandb.Settings(console="off", silent=True),
+        )
+        try:
+            metrics: dict[str, Any] = dict(flat_metrics(record))
+            panels = _panels(Path(run_dir), self.images)
+            if panels:
+                metrics["anomaly_maps"] = [wandb.Image(panel, caption=caption) for panel, caption in panels]
+            run.log(metrics)
+            run.summary["status"] = record.get("status")
+            if record.get("error"):
+                run.summary["error"] = record["error"]
+        finally:
+            run.finish()

@@ -34,25 +34,11 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from ..config import compose
 from .sample import LOGICAL, STRUCTURAL, DatasetError, image_size_of, read_mask
 from .splits import Splits, build_splits, categories_of, dataset_root, with_category
 
-REPO = Path(__file__).resolve().parents[2]
-CONF_DIR = REPO / "conf"
-# conf/config.yaml names the presets folder relative to the working directory; name it absolutely
-# so the check runs from anywhere (and +experiment=... still composes).
-SEARCHPATH = f"hydra.searchpath=['{(REPO / 'experiments').as_uri()}']"
 WORKERS = 4
-
-
-def compose(overrides: list[str]) -> Any:
-    """The project config (``conf/config.yaml``) with command-line overrides (resolvers are
-    registered by importing :mod:`ulsad_bench`, which importing this module does)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=[SEARCHPATH, *overrides])
 
 
 def _counts(splits: Splits) -> dict[str, int]:

@@ -36,10 +36,15 @@ class CategorySplits:
     test: list[Sample]
 
 
+def is_hidden(path: Path) -> bool:
+    """Hidden files and folders (``.DS_Store``, macOS ``._*`` AppleDouble files, ``.ipynb_checkpoints``)."""
+    return path.name.startswith(".")
+
+
 def list_images(directory: Path, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> list[Path]:
-    """Image files directly inside ``directory``, sorted by name."""
+    """Image files directly inside ``directory``, sorted by name; hidden files are skipped."""
     allowed = {s.lower() for s in suffixes}
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in allowed)
+    return sorted(p for p in directory.iterdir() if p.is_file() and not is_hidden(p) and p.suffix.lower() in allowed)
 
 
 def _require_images(directory: Path, what: str) -> list[Path]:
@@ -93,7 +98,7 @@ def read_category(
         raise DatasetError(f"missing folder {test_dir}: expected test/{normal_name} and test/<defect> folders")
     ground_truth = category_dir / "ground_truth"
     test: list[Sample] = []
-    defect_dirs = sorted(d for d in test_dir.iterdir() if d.is_dir())
+    defect_dirs = sorted(d for d in test_dir.iterdir() if d.is_dir() and not is_hidden(d))
     if not any(d.name == normal_name for d in defect_dirs):
         raise DatasetError(f"missing folder {test_dir / normal_name}: expected normal test images")
     for defect_dir in defect_dirs:

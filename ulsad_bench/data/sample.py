@@ -64,13 +64,42 @@ def _open(path: Path, what: str) -> Image.Image:
     return image
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb8(image: Image.Image, path: Path) -> Image.Image:
+    """An opened image as 8-bit RGB.
+
+    8-bit images (any PIL mode with 8-bit channels: ``L``, ``P``, ``RGB``, ``RGBA``, ...) are
+    converted by PIL as usual. 16-bit grayscale (``I;16*``, and ``I`` whose values lie in
+    [0, 65535], as PIL opens some 16-bit files) is scaled from the full 16-bit range to 8 bit,
+    ``round(v / 257)``, the same factor for every image, so that relative brightness between
+    images is kept (a per-image stretch would hide a uniformly darker defect); PIL's own
+    ``convert`` would clip every value above 255 to white. Other high-depth images (32-bit
+    integers outside the 16-bit range, floating point) are refused, naming the file.
+    """
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DatasetError(
+                f"image {path} is a 32-bit integer image with values in [{values.min()}, {values.max()}]: "
+                "expected an 8- or 16-bit image"
+            )
+        gray = np.rint(values / 257.0).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if image.mode == "F":
+        raise DatasetError(f"image {path} is a 32-bit floating-point image: expected an 8- or 16-bit image")
+    return image.convert("RGB")
+
+
 def read_image(path: Path, size: int) -> np.ndarray:
-    """Read an image as RGB (grayscale becomes 3 identical channels), resized to ``size``.
+    """Read an image as RGB (grayscale becomes 3 identical channels; 16-bit images are scaled
+    to 8 bit, see :func:`to_rgb8`), resized to ``size``.
 
     Returns:
         uint8 array ``[3, size, size]``.
     """
-    image = _open(path, "image").convert("RGB")
+    image = to_rgb8(_open(path, "image"), path)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
@@ -106,7 +135,7 @@ def read_mask(sample: Sample, size: int) -> np.ndarray:
                 f"mask {mask_path} is {mask_image.size[0]}x{mask_image.size[1]} but its image "
                 f"{sample.path} is {expected[0]}x{expected[1]}: expected the same size"
             )
-        values = np.asarray(mask_image)
+        values = np.asarray(mask_image)  # 16-bit and 32-bit masks keep their integer values here
         if values.ndim == 3:
             values = values.max(axis=2)
         binary = values > 0

@@ -14,6 +14,7 @@ validation split is then chosen by ``dataset.val_split``:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,39 @@ class Splits:
         for kind in sorted({s.kind for s in self.test if s.label == 1}):
             counts[f"test_{kind}"] = sum(s.kind == kind for s in self.test)
         return counts
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a job reads, cheaply: per split, its files (images, then their masks) by name
+        relative to the category folder, with byte sizes and modification times.
+
+        Returns:
+            ``{"sha256": H, "splits": {"train": {"files": N, "names_sha256": h1, "sha256": h2}, ...}}``;
+            ``names_sha256`` covers names (and labels) only, ``sha256`` names, sizes and mtimes.
+            Moving the dataset folder leaves it unchanged; adding, removing, replacing or touching
+            a file changes it.
+        """
+        total = hashlib.sha256()
+        splits: dict[str, Any] = {}
+        for name, samples in (("train", self.train), ("val", self.val), ("test", self.test)):
+            names, stats = hashlib.sha256(), hashlib.sha256()
+            files = 0
+            for sample in samples:
+                for path in (sample.path, *sample.mask_paths):
+                    stat = path.stat()
+                    line = f"{_relative(path, self.category_dir)}|{sample.label}|{sample.defect_type}\n"
+                    names.update(line.encode())
+                    stats.update(f"{line}{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+                    files += 1
+            splits[name] = {"files": files, "names_sha256": names.hexdigest()[:16], "sha256": stats.hexdigest()[:16]}
+            total.update(f"{name}:{splits[name]['sha256']};".encode())
+        return {"sha256": total.hexdigest()[:16], "splits": splits}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:  # a file outside the category folder (VisA's CSV may point anywhere)
+        return path.as_posix()
 
 
 Reader = Callable[[Any, Path], CategorySplits]

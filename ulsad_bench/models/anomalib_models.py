@@ -131,6 +131,7 @@ class Padim(_AnomalibFeatureModel):
     """
 
     name = "padim"
+    min_image_size = 17  # the map's Gaussian blur (sigma 4, kernel 33) reflect-pads 16 pixels
 
     def __init__(
         self,
@@ -169,6 +170,7 @@ class Patchcore(_AnomalibFeatureModel):
     """
 
     name = "patchcore"
+    min_image_size = 17  # the map's Gaussian blur (sigma 4, kernel 33) reflect-pads 16 pixels
 
     def __init__(
         self,
@@ -287,6 +289,12 @@ class EfficientAd(AnomalyModel):
         self.penalty_record: str | dict[str, Any] = "off"
 
     # ------------------------------------------------------------------ set-up
+
+    def check_files(self) -> None:
+        if self.teacher_weights is not None:
+            teacher_file(self.teacher_weights, self.model_size)
+        if self.penalty_dir is not None:
+            penalty_files(self.penalty_dir)
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)

@@ -88,6 +88,28 @@ class AnomalyModel(ABC):
     #: False for models whose paper fixes their own backbone (DFR): the job then needs no
     #: weights file for ``backbone=``, only its weights policy (imagenet / random)
     uses_configured_backbone: bool = True
+    #: the smallest ``dataset.image_size`` the model's networks take, and the number it must be a
+    #: multiple of; checked before a job reads any data (:meth:`check_image_size`)
+    min_image_size: int = 1
+    image_size_multiple: int = 1
+
+    def own_backbone(self) -> str | None:
+        """The network a model uses instead of ``backbone=`` (DFR: vgg19), or None."""
+        return None
+
+    def check_files(self) -> None:
+        """Raise, naming the file and the setting, when a file the model reads besides the
+        backbone weights (a teacher, penalty images) is missing; for a sweep's pre-flight. None
+        by default."""
+        return None
+
+    @classmethod
+    def check_image_size(cls, size: int) -> None:
+        """Raise ``ValueError`` naming ``dataset.image_size`` when the model cannot take ``size``."""
+        step, low = cls.image_size_multiple, max(cls.min_image_size, cls.image_size_multiple)
+        if size < low or size % step:
+            allowed = f"a multiple of {step}, at least {low}" if step > 1 else f"at least {low}"
+            raise ValueError(f"dataset.image_size={size} does not fit model={cls.name}: expected {allowed}")
 
     def setup(self, ctx: RunContext) -> None:
         """Build networks on ``ctx.device``; called once before :meth:`fit`."""

@@ -308,6 +308,7 @@ class Dfr(AnomalyModel):
 
     name = "dfr"
     uses_configured_backbone = False  # VGG19, whatever backbone= says
+    min_image_size = 16  # VGG19's four poolings before relu4_4 and the 4 x 4 regional windows
 
     def __init__(
         self,
@@ -358,6 +359,9 @@ class Dfr(AnomalyModel):
         self.feature_mode = "cached"
 
     # ------------------------------------------------------------------ set-up
+
+    def own_backbone(self) -> str | None:
+        return self.backbone_name
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)

@@ -19,6 +19,7 @@ from .table import CPU_MARK, PARTIAL_MARK, SEED_MARK, Table, Value, value_of
 
 RANDOM_WARNING = "RANDOM-INIT BACKBONE: not comparable to the paper"
 TEST_VAL_WARNING = "VALIDATION ON TEST IMAGES: calibration/stopping saw the test set"
+DIRTY_WARNING = "RECORDS FROM UNCOMMITTED CODE (git tree with changes): see the notes"
 CONVENTIONS = (
     "Values in percent (throughput in images/s, memory in GB of 2^30 bytes): mean ± sample standard deviation "
     "(ddof = 1) over seeds; no ± for a single seed.",
@@ -53,6 +54,7 @@ class Audit:
         self.conflicts: dict[str, str] = {}
         self.weights: dict[str, None] = {}
         self.cpu_memory = False
+        self.dirty: dict[str, None] = {}
         self.extra_warnings: list[str] = []
         self.extra_notes: list[str] = []
 
@@ -97,6 +99,8 @@ class Audit:
                 self.random[head] = None
             if on_test:
                 self.val_test[head] = str(source)
+        if "dirty" in frame and frame["dirty"].any():
+            self.dirty[where] = None
         every = self.results.scope(**scope)
         for path, status, seed, error in zip(
             every["path"], every["status"], every["seed"], every["error"], strict=True
@@ -142,6 +146,8 @@ class Audit:
             warnings.append("MISSING CELLS (—): see the notes")
         if self.conflicts:
             warnings.append("CONFLICTING RECORDS LEFT OUT: see the notes")
+        if self.dirty:
+            warnings.append(DIRTY_WARNING)
         table.warnings = warnings + self.extra_warnings
         notes = list(CONVENTIONS)
         if per:
@@ -173,5 +179,10 @@ class Audit:
             notes.append(f"Conflicts (left out): {_short_list(list(self.conflicts.values()))}.")
         if self.weights:
             notes.append(f"Backbone weights: {', '.join(self.weights)}.")
+        if self.dirty:
+            notes.append(
+                "Made from a git tree with uncommitted changes (the commit in the record does not say which code "
+                f"ran; the records are listed in the index): {_short_list(list(self.dirty))}."
+            )
         table.notes = notes + self.extra_notes
         return table

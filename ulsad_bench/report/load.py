@@ -7,11 +7,15 @@ Before anything is averaged, :func:`load_results` checks every cell:
   folder): the one finished last is kept, the other is listed as a duplicate;
 - two ok records of one cell and seed with *different* config hashes are an error: neither is
   used, and the conflict is listed with the config keys that differ;
-- ok records of one cell whose configs differ beyond the seed (ignoring where a job wrote, how it
-  logged, ``dataset.root``, ``device`` and the profiling settings) are an error too: the cell is
-  left empty and the conflict listed. Runs that differ on purpose belong in different variants.
+- ok records of one cell whose configs differ beyond the seed in any result key (the keys that
+  :data:`ulsad_bench.config.NON_RESULT_KEYS` does not exempt, the same that the config hash and
+  the run folder use) are an error too: the cell is left empty and the conflict listed. Runs that
+  differ on purpose belong in different variants.
 
-Failed and unreadable records are kept in :attr:`Results.failed` and never averaged in.
+Failed, unreadable and malformed records (schema: :class:`ulsad_bench.records.RunRecord`), and
+failed attempts kept beside an ok record (``attempts/``), are kept in :attr:`Results.failed` and
+never averaged in. Records made from a git tree with uncommitted changes are listed in
+:attr:`Results.dirty`.
 """
 
 from __future__ import annotations
@@ -24,12 +28,11 @@ from typing import Any
 
 import pandas as pd
 
-from ..records import NON_RESULT_KEYS, find_records, read_record
+from ..config import result_config
+from ..records import find_records, inspect_record, is_attempt, is_dirty
 from .naming import KINDS, METRICS
 
 CELL = ["dataset", "category", "model", "variant", "backbone"]
-# config keys (flattened, dotted) that do not make two runs of one cell different experiments
-IGNORED_PREFIXES = (*NON_RESULT_KEYS, "seed", "dataset.root", "device", "save_maps_per_defect", "profile")
 ULSAD_KEYS = ("lambda_l", "lambda_g", "loss_pg", "loss_lg", "branch", "alpha", "beta")
 KIND_COLUMNS = tuple(f"{kind}_{metric}" for kind in KINDS for metric in METRICS)
 EFFICIENCY_COLUMNS = ("throughput", "gpu_memory_gb")
@@ -53,6 +56,7 @@ class Results:
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     root: Path = Path(".")
+    dirty: list[str] = field(default_factory=list)
 
     _scopes: dict[tuple[tuple[str, Any], ...], pd.DataFrame] = field(default_factory=dict, repr=False)
 
@@ -74,24 +78,10 @@ class Results:
         return self._scopes[key]
 
 
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists kept as values)."""
-    if not isinstance(config, dict):
-        return {prefix: config}
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        flat.update(flatten(value, name) if isinstance(value, dict) else {name: value})
-    return flat
-
-
-def _ignored(key: str) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in IGNORED_PREFIXES)
-
-
 def experiment_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The flattened config keys that make two runs of one cell the same experiment."""
-    return {k: v for k, v in flatten(config).items() if not _ignored(k)}
+    """The flattened config keys that make two runs of one cell the same experiment: every
+    result key but the seed."""
+    return result_config(config, ignore=("seed",))
 
 
 def config_key(config: dict[str, Any]) -> str:
@@ -133,6 +123,7 @@ def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
         "categories": tuple(str(c) for c in (config.get("dataset") or {}).get("categories") or ()),
     }
     row["val_on_test"] = "TEST" in row["val_source"]
+    row["dirty"] = is_dirty(record)
     for metric in METRICS:
         row[metric] = _pct(metrics.get(metric))
     by_kind = record.get("metrics_by_kind") or {}
@@ -208,11 +199,27 @@ def load_results(root: Path | str) -> Results:
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     configs: dict[str, dict[str, Any]] = {}
+    dirty: list[str] = []
     for path in find_records(root):
-        record = read_record(path)
+        read = inspect_record(path)
+        record = read.record
         if record is None:
-            failed.append({"path": str(path), "status": "unreadable", "error": "not a readable JSON record"})
+            status = "unreadable" if str(read.problem).startswith("unreadable") else "malformed"
+            failed.append({"path": str(path), "status": status, "error": str(read.problem)})
             continue
+        if is_attempt(path):
+            if record.get("status") != "ok":  # an ok record is never left in attempts/ (see the runner)
+                row = _row(path, record)
+                failed.append(
+                    {
+                        **{k: row[k] for k in ("path", "status", "error", *CELL, "seed")},
+                        "status": "failed attempt",
+                        "error": f"{row['error']} (a failed re-run; the ok record beside it is kept and used)",
+                    }
+                )
+            continue
+        if is_dirty(record) and record.get("status") == "ok":
+            dirty.append(f"{path} (git {record['versions']['git']})")
         row = _row(path, record)
         configs[row["path"]] = record.get("config") or {}
         rows.append(row)
@@ -224,4 +231,6 @@ def load_results(root: Path | str) -> Results:
     frame["excluded"] = ""
     conflicts, duplicates = _check_cells(frame, configs)
     failed_frame = pd.DataFrame(failed, columns=["path", "status", "error", *CELL, "seed"])
-    return Results(records=frame, failed=failed_frame, conflicts=conflicts, duplicates=duplicates, root=root)
+    return Results(
+        records=frame, failed=failed_frame, conflicts=conflicts, duplicates=duplicates, root=root, dirty=dirty
+    )

@@ -1,15 +1,33 @@
-"""A :class:`~.table.Table` as Markdown: best in ``**bold**``, second best ``<u>underlined</u>``."""
+"""A :class:`~.table.Table` as Markdown: best in ``**bold**``, second best ``<u>underlined</u>``.
+
+Names (categories, models, variants, paths in notes) are text: every character Markdown could
+read as markup (emphasis, code, links, HTML, tables, strike-through, entities, math) is escaped
+with a backslash, which CommonMark and GitHub render as the character itself. Labels given as a
+``(markdown, latex)`` pair are authored markup (``λ<sub>l</sub>``) and are printed as they are,
+as the LaTeX renderer prints their LaTeX half.
+"""
 
 from __future__ import annotations
 
-from .table import Cell, Table, Value, md_text
+import re
+
+from .table import Cell, Table, Text, Value
 
 DASH = "—"
+# ``_`` between two letters or digits cannot open or close emphasis (CommonMark's flanking rule),
+# so ``breakfast_box`` stays readable; everywhere else it is escaped.
+ACTIVE = re.compile(r"([\\`*\[\]<>|~&$#!]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))")
 
 
 def escape(text: str) -> str:
-    """Markdown table cells: the column separator must be escaped."""
-    return text.replace("|", "\\|")
+    """Plain text for Markdown: backslash before every Markdown-active character."""
+    return ACTIVE.sub(r"\\\1", text)
+
+
+def label(text: Text) -> str:
+    """A label: a ``(markdown, latex)`` pair is authored markup (only its ``|``, the column
+    separator, is escaped); plain text is escaped whole."""
+    return text[0].replace("|", "\\|") if isinstance(text, tuple) else escape(text)
 
 
 def value(v: Value) -> str:
@@ -28,7 +46,7 @@ def value(v: Value) -> str:
 def cell(c: Cell) -> str:
     if isinstance(c, list):
         return " \\| ".join(value(v) for v in c)
-    return escape(md_text(c))
+    return label(c)
 
 
 def _is_label_column(table: Table, index: int) -> bool:
@@ -37,16 +55,16 @@ def _is_label_column(table: Table, index: int) -> bool:
 
 def render_markdown(table: Table, heading: str = "###") -> str:
     """The table with its title, warnings (block quotes) and notes (a list)."""
-    lines = [f"{heading} {table.title}", ""]
+    lines = [f"{heading} {escape(table.title)}", ""]
     for warning in table.warnings:
         lines += [f"> **{escape(warning)}**", ">"]
     if table.warnings:
         lines[-1] = ""
-    lines.append("| " + " | ".join(escape(md_text(h)) for h in table.header) + " |")
+    lines.append("| " + " | ".join(label(h) for h in table.header) + " |")
     aligns = [":--" if _is_label_column(table, i) else ":-:" for i in range(len(table.header))]
     lines.append("|" + "|".join(aligns) + "|")
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in table.rows]
     if table.notes:
         lines += ["", "Notes:", ""]
-        lines += [f"- {note}" for note in table.notes]
+        lines += [f"- {escape(note)}" for note in table.notes]
     return "\n".join(lines) + "\n"

@@ -59,6 +59,7 @@ class Ulsad(AnomalyModel):
     """Unified Logical and Structural Anomaly Detection (Patra & Ben Taieb, TMLR 2024)."""
 
     name = "ulsad"
+    image_size_multiple = 32  # the global autoencoder's encoder (networks.GlobalAutoencoder)
 
     def __init__(
         self,

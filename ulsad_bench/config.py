@@ -1,0 +1,132 @@
+"""Where the configs live, how they are composed, and which keys change a job's results.
+
+One definition, :data:`NON_RESULT_KEYS`, serves the three places that must agree on it:
+
+- the config hash of a record (:func:`ulsad_bench.records.config_hash`): resume skips a job whose
+  ok record has the same hash;
+- the run folder: ``conf/config.yaml`` names folders through the ``run_subdir`` resolver
+  (:func:`run_subdir`), which keeps the command-line overrides of result keys only;
+- the report's loader (:func:`ulsad_bench.report.load.experiment_config`): seeds of one cell
+  must agree on every result key.
+
+A key is matched with its dotted sub-keys (``profile`` covers ``profile.batch_size``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+EXPERIMENTS_DIR = REPO / "experiments"
+
+#: Keys that do not change what a job computes, each with the reason.
+NON_RESULT_KEYS: dict[str, str] = {
+    "output_root": "where the record is written",
+    "cache_dir": "where cached features and models live; a cache hit returns the same values",
+    "dataset.root": "where the dataset lies; what it holds is compared through the record's data fingerprint",
+    "logger": "where the record is also sent (wandb)",
+    "progress": "progress bars",
+    "resume": "whether a finished job is skipped",
+    "fail_fast": "whether an error is re-raised after its record is written",
+    "hydra": "the launcher and Hydra's own settings",
+    "cache": "the caches' size limit: evicting an entry only means recomputing it",
+    # Deliberate choices (see the README, "Where results go"):
+    "device": (
+        "metrics of one job on CPU and GPU agree to floating-point rounding (deterministic kernels); the device a "
+        "record ran on is stored in it and shown with every efficiency figure, so a sweep finished on one machine "
+        "is not redone on another"
+    ),
+    "profile": (
+        "the throughput/memory protocol changes the efficiency figures only, never the metrics; each record "
+        "stores the protocol it was measured with (efficiency.batch_size, warmup, timed batches); re-measure with "
+        "resume=false"
+    ),
+    "save_maps_per_defect": "how many preview maps are kept for figures",
+}
+
+#: Result keys that the run folder names in its path already (so they are not repeated in the
+#: override part of the folder name): ``<dataset>/<category>/<model>[-<variant>]/.../seed=<n>``.
+#: ``experiment`` and ``ablation`` presets set ``variant``. Matched exactly: ``dataset`` is the
+#: dataset's name, ``dataset.image_size`` still names the folder.
+FOLDER_KEYS = ("seed", "model", "dataset", "dataset.category", "variant", "experiment", "ablation")
+
+
+def _matches(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def is_result_key(key: str) -> bool:
+    """Whether the dotted config ``key`` can change a job's results."""
+    return not _matches(key, NON_RESULT_KEYS)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists kept as values)."""
+    if not isinstance(config, Mapping):
+        return {prefix: config}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(flatten(value, name) if isinstance(value, Mapping) else {name: value})
+    return flat
+
+
+def result_config(config: Mapping[str, Any], ignore: Iterable[str] = ()) -> dict[str, Any]:
+    """The flattened result keys of a resolved config (``ignore``: more prefixes to drop)."""
+    extra = tuple(ignore)
+    return {k: v for k, v in flatten(config).items() if is_result_key(k) and not _matches(k, extra)}
+
+
+def _override_key(line: str) -> str:
+    """``+experiment=x`` -> ``experiment``; ``~a.b`` -> ``a.b``."""
+    key = line.split("=", 1)[0]
+    return key.lstrip("+~").split("@", 1)[0]
+
+
+def folder_overrides(task_overrides: Iterable[str]) -> list[str]:
+    """The command-line overrides that name a run folder: result keys not already in its path."""
+    keep = []
+    for line in task_overrides:
+        key = _override_key(str(line))
+        if is_result_key(key) and key not in FOLDER_KEYS:
+            keep.append(str(line))
+    return sorted(keep)
+
+
+def run_subdir(task_overrides: Iterable[str] | None) -> str:
+    """``/<overrides>`` between a run folder's model and seed parts (resolver ``run_subdir``).
+
+    Long override lists keep a prefix plus a hash.
+    """
+    text = ",".join(folder_overrides(task_overrides or []))
+    if not text:
+        return ""
+    if len(text) > 120:
+        text = f"{text[:100]}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+    return f"/{text.replace('/', '_')}"
+
+
+def compose(overrides: Iterable[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """The project config (``conf/config.yaml``) with Hydra overrides, from any working directory.
+
+    The presets folder (``experiments/``) is put on the search path by its absolute path, so
+    ``+experiment=...`` composes wherever the caller runs.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import ulsad_bench  # noqa: F401  (registers the resolvers)
+
+    os.environ.setdefault("ULSAD_BENCH_ROOT", str(REPO))
+    searchpath = f"hydra.searchpath=['{EXPERIMENTS_DIR.as_uri()}']"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(
+            config_name="config", overrides=[searchpath, *overrides], return_hydra_config=return_hydra_config
+        )
