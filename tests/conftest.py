@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 
 import ulsad_bench  # noqa: F401  (registers resolvers)
 
@@ -52,3 +54,39 @@ def tiny_cfg(shared_cache: Path, tmp_path: Path) -> Callable[..., DictConfig]:
         )
 
     return make
+
+
+def tiny_mvtec(root: Path) -> Path:
+    """A tiny MVTec-AD-layout dataset under ``root``: category ``bottle``, 10 train, 4 good + 3 dent test."""
+    rng = np.random.default_rng(0)
+    category = root / "bottle"
+    for folder, count in (("train/good", 10), ("test/good", 4), ("test/dent", 3)):
+        (category / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(100, 140, (32, 32, 3), dtype=np.uint8)).save(category / folder / f"{i}.png")
+    (category / "ground_truth" / "dent").mkdir(parents=True)
+    for i in range(3):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:16, 8:16] = 255
+        Image.fromarray(mask).save(category / "ground_truth" / "dent" / f"{i}_mask.png")
+    return root
+
+
+def mvtec_cfg(root: Path, cache: Path, *overrides: str) -> DictConfig:
+    """The real config on :func:`tiny_mvtec`'s layout (PaDiM, resnet18 random, 32 px, no profiling)."""
+    return compose_config(
+        [
+            "dataset=mvtec",
+            f"dataset.root={root}",
+            "dataset.category=bottle",
+            "dataset.categories=[bottle]",
+            "dataset.image_size=32",
+            "backbone=resnet18",
+            "backbone.weights=random",
+            "model=padim",
+            f"cache_dir={cache}",
+            "progress=false",
+            "profile.enabled=false",
+            *overrides,
+        ]
+    )

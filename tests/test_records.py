@@ -13,13 +13,11 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-from PIL import Image
 
-from tests.conftest import TINY_DATA, compose_config
+from tests.conftest import TINY_DATA, compose_config, mvtec_cfg, tiny_mvtec
 from ulsad_bench import runner
 from ulsad_bench.config import NON_RESULT_KEYS, compose, run_subdir
 from ulsad_bench.records import ATTEMPTS_DIR, RECORD_NAME, config_hash, find_records, inspect_record
@@ -116,53 +114,19 @@ def test_hash_folder_and_report_agree_on_which_keys_change_results() -> None:
 # ----------------------------------------------------------------------------- resume compares data and versions
 
 
-def _tiny_mvtec(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    category = root / "bottle"
-    for folder, count in (("train/good", 10), ("test/good", 4), ("test/dent", 3)):
-        (category / folder).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            Image.fromarray(rng.integers(100, 140, (32, 32, 3), dtype=np.uint8)).save(category / folder / f"{i}.png")
-    (category / "ground_truth" / "dent").mkdir(parents=True)
-    for i in range(3):
-        mask = np.zeros((32, 32), np.uint8)
-        mask[8:16, 8:16] = 255
-        Image.fromarray(mask).save(category / "ground_truth" / "dent" / f"{i}_mask.png")
-    return root
-
-
-def _mvtec_cfg(root: Path, cache: Path, *overrides: str):
-    return compose_config(
-        [
-            "dataset=mvtec",
-            f"dataset.root={root}",
-            "dataset.category=bottle",
-            "dataset.categories=[bottle]",
-            "dataset.image_size=32",
-            "backbone=resnet18",
-            "backbone.weights=random",
-            "model=padim",
-            f"cache_dir={cache}",
-            "progress=false",
-            "profile.enabled=false",
-            *overrides,
-        ]
-    )
-
-
 def test_resume_reruns_when_the_data_or_the_code_changed(
     tmp_path: Path, shared_cache: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = _tiny_mvtec(tmp_path / "data")
+    root = tiny_mvtec(tmp_path / "data")
     run_dir = tmp_path / "run"
-    first = runner.run(_mvtec_cfg(root, shared_cache), run_dir)
+    first = runner.run(mvtec_cfg(root, shared_cache), run_dir)
     assert first["status"] == "ok" and first["data_fingerprint"]["splits"]["test"]["files"] == 4 + 3 + 3
-    assert runner.run(_mvtec_cfg(root, shared_cache), run_dir)["finished"] == first["finished"]  # unchanged: skip
+    assert runner.run(mvtec_cfg(root, shared_cache), run_dir)["finished"] == first["finished"]  # unchanged: skip
 
     (root / "bottle" / "test" / "good" / "3.png").unlink()
     with caplog.at_level(logging.INFO, logger="ulsad_bench"):
-        assert runner.run(_mvtec_cfg(root, shared_cache, "resume=config"), run_dir)["finished"] == first["finished"]
-        second = runner.run(_mvtec_cfg(root, shared_cache), run_dir)
+        assert runner.run(mvtec_cfg(root, shared_cache, "resume=config"), run_dir)["finished"] == first["finished"]
+        second = runner.run(mvtec_cfg(root, shared_cache), run_dir)
     assert second["started"] != first["started"] and second["data"]["test_normal"] == 3
     assert "data changed: test: 1 file removed (10 -> 9 files)" in caplog.text
 
@@ -170,12 +134,12 @@ def test_resume_reruns_when_the_data_or_the_code_changed(
     real = runner.versions
     monkeypatch.setattr(runner, "versions", lambda: {**real(), "torch": "0.0.1"})
     with caplog.at_level(logging.INFO, logger="ulsad_bench"):
-        third = runner.run(_mvtec_cfg(root, shared_cache), run_dir)
+        third = runner.run(mvtec_cfg(root, shared_cache), run_dir)
     assert third["started"] != second["started"] and third["versions"]["torch"] == "0.0.1"
     assert f"versions changed: torch {real()['torch']} -> 0.0.1" in caplog.text
-    assert runner.run(_mvtec_cfg(root, shared_cache), run_dir)["finished"] == third["finished"]
+    assert runner.run(mvtec_cfg(root, shared_cache), run_dir)["finished"] == third["finished"]
 
-    fourth = runner.run(_mvtec_cfg(root, shared_cache, "resume=false"), run_dir)
+    fourth = runner.run(mvtec_cfg(root, shared_cache, "resume=false"), run_dir)
     assert fourth["started"] != third["started"]
 
 

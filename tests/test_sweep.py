@@ -217,7 +217,7 @@ def test_bad_input_fails_the_job_naming_the_file(tmp_path: Path, bad: str, share
     import numpy as np
     from PIL import Image
 
-    from tests.conftest import compose_config
+    from tests.conftest import mvtec_cfg
 
     root = tmp_path / "data" / "bottle"
     for split, name in (("train/good", f"{i}.png") for i in range(3)):
@@ -237,20 +237,7 @@ def test_bad_input_fails_the_job_naming_the_file(tmp_path: Path, bad: str, share
     earlier = tmp_path / "earlier"
     earlier.mkdir()
     (earlier / RECORD_NAME).write_text('{"status": "ok"}')
-    cfg = compose_config(
-        [
-            "dataset=mvtec",
-            f"dataset.root={root.parent}",
-            "dataset.category=bottle",
-            "dataset.categories=[bottle]",
-            "dataset.image_size=32",
-            "backbone=resnet18",
-            "backbone.weights=random",
-            "model=padim",
-            f"cache_dir={shared_cache}",
-            "progress=false",
-        ]
-    )
+    cfg = mvtec_cfg(root.parent, shared_cache)
     record = runner.run(cfg, tmp_path / "run")
     assert record["status"] == "failed"
     assert str(bad_image if bad == "unreadable" else root / "ground_truth" / "dent" / "0_mask.png") in record["error"]
@@ -325,12 +312,12 @@ def test_sweep_without_a_dataset_root_stops_before_launching(monkeypatch, capsys
 
 
 def test_sweep_with_missing_weights_stops_with_one_message_naming_the_file(tmp_path: Path, monkeypatch, capsys) -> None:
-    from tests.test_records import _tiny_mvtec
+    from tests.conftest import tiny_mvtec
     from ulsad_bench.sweep import main
 
     _no_launch(monkeypatch)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    root = _tiny_mvtec(tmp_path / "my data")  # a space in the path
+    root = tiny_mvtec(tmp_path / "my data")  # a space in the path
     code = main(
         [
             "dataset=mvtec",

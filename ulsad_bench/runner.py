@@ -128,9 +128,9 @@ def save_map_preview(
     np.savez_compressed(run_dir / "maps.npz", **payload)
 
 
-def load_data(cfg: DictConfig) -> tuple[Splits, ImageSet, ImageSet, ImageSet]:
-    """The category's splits and their decoded images (test with masks)."""
-    splits = build_splits(cfg.dataset, Path(cfg.cache_dir))
+def load_data(cfg: DictConfig, splits: Splits | None = None) -> tuple[Splits, ImageSet, ImageSet, ImageSet]:
+    """The category's splits (built here unless given) and their decoded images (test with masks)."""
+    splits = splits if splits is not None else build_splits(cfg.dataset, Path(cfg.cache_dir))
     size, progress = int(cfg.dataset.image_size), bool(cfg.progress)
     train = load_image_set(splits.train, size, with_masks=False, desc="read train", progress=progress)
     val = load_image_set(splits.val, size, with_masks=False, desc="read val", progress=progress)
@@ -203,8 +203,9 @@ def validate_job(cfg: DictConfig) -> None:
     resume_mode(cfg.get("resume", "strict"))
 
 
-def _execute(cfg: DictConfig, record: dict[str, Any], files_dir: Path) -> None:
-    """The job itself; its files (predictions, maps) go to ``files_dir``."""
+def _execute(cfg: DictConfig, record: dict[str, Any], files_dir: Path, splits: Splits | None) -> None:
+    """The job itself; its files (predictions, maps) go to ``files_dir``. ``splits``: the
+    category's splits when the resume check listed them already."""
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     device = resolve_device(str(cfg.device))
     record["device"] = describe_device(device)
@@ -213,7 +214,7 @@ def _execute(cfg: DictConfig, record: dict[str, Any], files_dir: Path) -> None:
     record["weights"] = weights.as_record()
 
     start = time.perf_counter()
-    splits, train, val, test = load_data(cfg)
+    splits, train, val, test = load_data(cfg, splits)
     load_s = time.perf_counter() - start
     record["data"] = splits.counts()
     record["data_fingerprint"] = splits.fingerprint()
@@ -261,11 +262,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _data_fingerprint(cfg: DictConfig) -> dict[str, Any] | None:
-    """The fingerprint of the files the job would read, or None when they cannot be listed (the
-    job then fails on the same error and records it)."""
+def _listed_splits(cfg: DictConfig) -> Splits | None:
+    """The category's splits for the resume check, or None when they cannot be listed (the job
+    then fails on the same error and records it)."""
     try:
-        return build_splits(cfg.dataset, Path(cfg.cache_dir)).fingerprint()
+        return build_splits(cfg.dataset, Path(cfg.cache_dir))
     except (DatasetError, OSError, ValueError):
         return None
 
@@ -355,7 +356,8 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
             raise
         return record
     mode = resume_mode(cfg.get("resume", "strict"))
-    fingerprint = _data_fingerprint(cfg) if mode == "strict" else None
+    splits = _listed_splits(cfg) if mode == "strict" else None
+    fingerprint = splits.fingerprint() if splits is not None else None
     with JobLock(run_dir) as lock:
         if not lock.acquired:
             log.warning("skip (running in another process: %s): %s", describe_holder(lock.holder), run_dir)
@@ -374,7 +376,7 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
             log.info("re-running (%s): %s", why, run_dir)
         attempt_dir = new_attempt_dir(run_dir)
         try:
-            _execute(cfg, record, attempt_dir)
+            _execute(cfg, record, attempt_dir, splits)
             record["status"] = "ok"
         except Exception as err:  # one job's failure is recorded, never lost, never fatal to a sweep
             _fail(record, err, cfg)
