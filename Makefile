@@ -24,7 +24,7 @@ LAUNCHER ?=
 ARGS ?=
 CACHE_DIR ?= $(or $(ULSAD_BENCH_CACHE),.cache/ulsad_bench)
 
-.PHONY: install test test-all lint demo sweep tables bench clean clean-cache
+.PHONY: install test test-all lint demo sweep tables bench bench-metrics clean clean-cache
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ tables: install
 
 bench: install
 	$(PY) -m ulsad_bench.bench
+
+# Time and memory of all pixel metrics on a VisA-size test set (13 M pixels), one core.
+bench-metrics: install
+	$(PY) -m ulsad_bench.metrics_bench
 
 # The bounded caches (frozen features, trained ULSAD models, EfficientAD teachers); recomputed when needed.
 clean-cache:

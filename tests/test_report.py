@@ -15,6 +15,7 @@ on texture with two different configs at seed 0 (a conflict).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -445,3 +446,37 @@ def test_markdown_escapes_markup_in_names() -> None:
     assert f"warning about {nasty}" in plain and f"note on {nasty}" in plain
     assert "I-AUROC | AUPRO" in plain  # an authored label stays one cell: its pipe is escaped
     assert "breakfast_box" in text  # intraword underscores need no escape and get none
+
+
+def test_all_metrics_and_spro_tables(tmp_path: Path) -> None:
+    """The two tables beyond the paper, from records with every metric (values known exactly)."""
+    extra = {"image_ap": 0.6, "image_f1_max": 0.7, "pixel_ap": 0.3, "pixel_f1_max": 0.4}
+    for seed in range(2):
+        for category in LOCO:
+            kinds = {
+                "logical": {**KINDS["logical"], **extra, "spro_0.05": 0.2 + 0.1 * seed, "spro_0.3": 0.5},
+                "structural": {**KINDS["structural"], **extra, "spro_0.05": 0.4, "spro_0.3": 0.7},
+            }
+            run = write_run(
+                tmp_path / "out",
+                model="ulsad",
+                dataset="mvtec_loco",
+                category=category,
+                seed=seed,
+                image_auroc=0.9,
+                by_kind=kinds,
+            )
+            record = json.loads((run / "record.json").read_text())
+            record["metrics"] |= {**extra, "image_ap": 0.5 + 0.1 * seed}
+            (run / "record.json").write_text(json.dumps(record))
+    build_report(tmp_path / "out", tmp_path / "reports", figures=False)
+    header = md_row(tmp_path / "reports" / "metrics_mvtec_loco.md", "Method")
+    assert header == ["I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO"]
+    row = md_row(tmp_path / "reports" / "metrics_mvtec_loco.md", "ULSAD")
+    assert row[:3] == ["90.00 ± 0.00<sup>†2</sup>", "55.00 ± 7.07<sup>†2</sup>", "70.00 ± 0.00<sup>†2</sup>"]
+    spro = md_row(tmp_path / "reports" / "spro_mvtec_loco.md", "ULSAD")
+    # FPR <= 0.05: logical 20 / 30 over the seeds -> 25.00 ± 7.07; structural 40; mean (l + s) / 2 = 32.50 ± 3.54
+    assert spro[1] == "25.00 ± 7.07<sup>†2</sup> \\| 40.00 ± 0.00<sup>†2</sup> \\| 32.50 ± 3.54<sup>†2</sup>"
+    assert spro[0] == "— \\| — \\| —"  # FPR <= 0.01 not in these records
+    text = (tmp_path / "reports" / "spro_mvtec_loco.md").read_text()
+    assert "not the official sPRO" not in text and "union of the masks instead" in text

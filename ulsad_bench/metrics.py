@@ -13,6 +13,7 @@ up to ``fpr_limit`` (the end point interpolated) and divided by ``fpr_limit``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -35,22 +36,97 @@ def _check(target: np.ndarray, score: np.ndarray, what: str) -> tuple[np.ndarray
     return target.astype(bool).ravel(), score.ravel()
 
 
-def _auroc(positive: np.ndarray, score: np.ndarray, what: str) -> float:
-    """Area under the ROC curve via average ranks (exact, ties count one half)."""
-    n = positive.size
+@dataclass(frozen=True)
+class Ranked:
+    """Positives ranked against negatives: one entry per distinct positive score, descending.
+
+    What every threshold metric needs (ROC, precision-recall, PRO): a threshold ``t`` counts a
+    pixel or image as anomalous when its score is ``>= t``; every distinct score is a threshold.
+    Between two distinct positive scores only negatives enter, which changes ROC, PR and PRO
+    curves along straight (horizontal) lines, so these entries give every curve exactly.
+
+    Attributes:
+        scores: ``[G]`` the distinct scores of the positives, descending.
+        tp: ``[G]`` positives with that score.
+        weight: ``[G]`` the summed weights of those positives (PRO / sPRO); ``tp`` when unweighted.
+        neg_above: ``[G]`` negatives with a higher score.
+        neg_equal: ``[G]`` negatives with that score (ties).
+        n_pos, n_neg: totals.
+    """
+
+    scores: np.ndarray
+    tp: np.ndarray
+    weight: np.ndarray
+    neg_above: np.ndarray
+    neg_equal: np.ndarray
+    n_pos: int
+    n_neg: int
+
+    @property
+    def cum_tp(self) -> np.ndarray:
+        return np.cumsum(self.tp)
+
+    @property
+    def cum_fp(self) -> np.ndarray:
+        """Negatives at or above each threshold."""
+        return self.neg_above + self.neg_equal
+
+
+def sorted_negatives(fresh: np.ndarray) -> np.ndarray:
+    """The negatives' scores sorted ascending, *in place* (pass an array of your own, such as
+    ``maps[~masks]``): the one sort that every pixel metric of a test set shares."""
+    out = fresh.ravel()
+    out.sort(kind="quicksort")
+    return out
+
+
+def rank(positive_scores: np.ndarray, negatives_sorted: np.ndarray, weights: np.ndarray | None = None) -> Ranked:
+    """Rank positives against the (ascending) sorted negatives; see :class:`Ranked`."""
+    positive_scores = np.asarray(positive_scores).ravel()
+    order = np.argsort(positive_scores, kind="stable")[::-1]  # descending without negating (unsigned ints)
+    ordered = positive_scores[order]
+    starts = np.concatenate(([0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1)).astype(np.int64)
+    distinct = ordered[starts]
+    tp = np.diff(np.append(starts, len(ordered)))
+    weight = tp.astype(np.float64) if weights is None else np.add.reduceat(np.asarray(weights)[order], starts)
+    right = np.searchsorted(negatives_sorted, distinct, side="right")
+    left = np.searchsorted(negatives_sorted, distinct, side="left")
+    n_neg = len(negatives_sorted)
+    return Ranked(distinct, tp, np.asarray(weight, dtype=np.float64), n_neg - right, right - left, len(ordered), n_neg)
+
+
+def _ranked(positive: np.ndarray, score: np.ndarray, what: str) -> Ranked:
     n_pos = int(positive.sum())
-    n_neg = n - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"{what}: needs both normal and anomalous entries (got {n_pos} anomalous of {n})")
-    order = np.argsort(score, kind="stable")
-    sorted_score = score[order]
-    sorted_pos = positive[order].astype(np.int64)
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_score)) + 1))
-    ends = np.concatenate((starts[1:], [n]))
-    average_rank = (starts + ends + 1) / 2.0  # 1-based ranks, averaged over each tie group
-    positives_per_group = np.add.reduceat(sorted_pos, starts)
-    rank_sum = float(np.dot(positives_per_group, average_rank))
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    if n_pos == 0 or n_pos == positive.size:
+        raise ValueError(f"{what}: needs both normal and anomalous entries (got {n_pos} anomalous of {positive.size})")
+    return rank(score[positive], sorted_negatives(score[~positive]))
+
+
+def auroc_of(r: Ranked) -> float:
+    """Area under the ROC curve: P(positive > negative) + 1/2 P(tie) (Mann-Whitney)."""
+    below = r.n_neg - r.neg_above - r.neg_equal
+    return float(np.dot(r.tp, below + 0.5 * r.neg_equal) / (r.n_pos * r.n_neg))
+
+
+def average_precision_of(r: Ranked) -> float:
+    """sklearn's ``average_precision_score``: sum over thresholds of (recall step) x precision."""
+    cum_tp = r.cum_tp
+    precision = cum_tp / (cum_tp + r.cum_fp)
+    return float(np.dot(r.tp, precision) / r.n_pos)
+
+
+def f1_max_of(r: Ranked) -> tuple[float, float]:
+    """The largest F1 over all thresholds and the threshold that gives it (the highest one on a
+    tie). F1 only falls while negatives alone enter, so its maximum is at a positive's score."""
+    cum_tp = r.cum_tp
+    f1 = 2.0 * cum_tp / (cum_tp + r.cum_fp + r.n_pos)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(r.scores[best])
+
+
+def _auroc(positive: np.ndarray, score: np.ndarray, what: str) -> float:
+    """Area under the ROC curve (exact, ties count one half)."""
+    return auroc_of(_ranked(positive, score, what))
 
 
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -85,70 +161,181 @@ def trapezoid_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
 
 
 def region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per pixel 1 / size of its 8-connected ground-truth region (0 outside regions).
+    """Per anomalous pixel (in ``masks[masks]`` order) 1 / the size of its 8-connected region.
 
     Returns:
-        weights float64 ``[N, H, W]`` and the total number of regions.
+        weights float64 ``[P]`` and the total number of regions.
     """
-    weights = np.zeros(masks.shape, dtype=np.float64)
+    weights = []
     n_regions = 0
-    for i, mask in enumerate(masks):
+    for mask in masks:
         labeled, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
         if n == 0:
             continue
         sizes = np.bincount(labeled.ravel()).astype(np.float64)
-        inverse = np.zeros_like(sizes)
-        inverse[1:] = 1.0 / sizes[1:]
-        weights[i] = inverse[labeled]
+        weights.append(1.0 / sizes[labeled[mask]])
         n_regions += n
-    return weights, n_regions
+    return (np.concatenate(weights) if weights else np.zeros(0)), n_regions
 
 
-def pro_curve(masks: np.ndarray, maps: np.ndarray, fpr_limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The PRO curve: (FPR, PRO) at every distinct threshold, from (0, 0) on.
+def overlap_curve(r: Ranked, total: float) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, overlap) at every distinct threshold, from (0, 0) to (1, 1): the PRO curve when the
+    positives' weights are 1 / region size (``total`` the number of regions), the sPRO curve
+    when they are saturated channel increments (``total`` the number of channels). Points where
+    only negatives enter lie on horizontal segments and are represented by their ends."""
+    overlap = np.cumsum(r.weight) / total
+    before = np.concatenate(([0.0], overlap[:-1]))
+    x = np.stack([r.neg_above / r.n_neg, r.cum_fp / r.n_neg], axis=1).ravel()
+    y = np.stack([before, overlap], axis=1).ravel()
+    x = np.concatenate(([0.0], x, [1.0, 1.0]))
+    y = np.concatenate(([0.0], y, [overlap[-1], 1.0]))
+    keep = np.concatenate(([True], (np.diff(x) != 0) | (np.diff(y) != 0)))
+    return np.clip(x[keep], 0.0, 1.0), np.clip(y[keep], 0.0, 1.0)
 
-    With ``fpr_limit`` set, only thresholds up to the first one whose FPR exceeds the limit
-    are computed (the points that ``aupro`` integrates); this skips most of the sort.
-    """
+
+def area_to(fpr: np.ndarray, overlap: np.ndarray, fpr_limit: float) -> float:
+    """Normalised area under an overlap curve up to ``fpr_limit`` (trapezoids, end interpolated)."""
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    return float(np.clip(trapezoid_to(fpr, overlap, fpr_limit) / fpr_limit, 0.0, 1.0))
+
+
+def _pro_ranked(masks: np.ndarray, maps: np.ndarray, negatives: np.ndarray | None = None) -> tuple[Ranked, int]:
     masks = np.asarray(masks).astype(bool)
     maps = np.asarray(maps)
     if masks.ndim != 3:
         raise ValueError(f"aupro: masks must be [N, H, W], got shape {masks.shape}")
     _check(masks, maps, "aupro")
     weights, n_regions = region_weights(masks)
-    normal = ~masks.ravel()
-    n_normal = int(normal.sum())
-    if n_regions == 0 or n_normal == 0:
+    if n_regions == 0 or masks.all():
         raise ValueError(f"aupro: needs anomalous regions and normal pixels (got {n_regions} regions)")
-    scores = maps.ravel()
-    keep = None
-    if fpr_limit is not None:
-        k = int(np.floor(fpr_limit * n_normal)) + 1  # FPR at threshold t exceeds the limit once k normals are >= t
-        if k <= n_normal:
-            normal_scores = scores[normal]
-            cut = np.partition(normal_scores, n_normal - k)[n_normal - k]
-            keep = scores >= cut
-    if keep is not None:
-        scores, normal, pro_weights = scores[keep], normal[keep], weights.ravel()[keep]
-    else:
-        pro_weights = weights.ravel()
-    # Descending order without negating: -x wraps around for unsigned integers (-0 is 0, -1 is 255).
-    order = np.argsort(scores, kind="stable")[::-1]
-    sorted_scores = scores[order]
-    fpr = np.cumsum(normal[order], dtype=np.float64) / n_normal
-    pro = np.cumsum(pro_weights[order]) / n_regions
-    last_of_group = np.concatenate((sorted_scores[1:] != sorted_scores[:-1], [True]))
-    fpr = np.clip(fpr[last_of_group], 0.0, 1.0)
-    pro = np.clip(pro[last_of_group], 0.0, 1.0)
-    return np.concatenate(([0.0], fpr, [1.0])), np.concatenate(([0.0], pro, [1.0]))
+    negatives = sorted_negatives(maps[~masks]) if negatives is None else negatives
+    return rank(maps[masks], negatives, weights), n_regions
+
+
+def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The PRO curve: (FPR, PRO) at every distinct threshold, from (0, 0) to (1, 1)."""
+    ranked, n_regions = _pro_ranked(masks, maps)
+    return overlap_curve(ranked, n_regions)
 
 
 def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
     """Normalised area under the PRO curve up to ``fpr_limit`` (see module docstring)."""
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    fpr, pro = pro_curve(masks, maps, fpr_limit)
-    return float(np.clip(trapezoid_to(fpr, pro, fpr_limit) / fpr_limit, 0.0, 1.0))
+    return area_to(*pro_curve(masks, maps), fpr_limit)
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision of scores against labels, as sklearn's ``average_precision_score``."""
+    positive, score = _check(labels, scores, "average_precision")
+    return average_precision_of(_ranked(positive, score, "average_precision"))
+
+
+def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """``(F1-max, threshold)``: the best F1 over every threshold ``score >= t``."""
+    positive, score = _check(labels, scores, "f1_max")
+    return f1_max_of(_ranked(positive, score, "f1_max"))
+
+
+# ----------------------------------------------------------------------------- MVTec LOCO sPRO
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One ground-truth channel of MVTec LOCO (one mask file of one anomalous image).
+
+    Attributes:
+        image: index of its image in the test set.
+        mask: bool ``[H, W]`` at the maps' resolution.
+        saturation: the overlap in pixels (at that resolution) at which its sPRO reaches 1.
+    """
+
+    image: int
+    mask: np.ndarray
+    saturation: float
+
+
+def spro_weights(scores: np.ndarray, saturation: float) -> np.ndarray:
+    """Per pixel of one channel, in descending score order, the increment of
+    ``min(overlap / saturation, 1)`` it brings (the pixels of a tie sum to the tie's increment)."""
+    count = np.arange(len(scores) + 1, dtype=np.float64)
+    value = np.minimum(count / max(saturation, 1.0), 1.0)
+    return np.diff(value)
+
+
+def spro_ranked(maps: np.ndarray, channels: Sequence[Channel], negatives: np.ndarray) -> Ranked:
+    """Every channel pixel as a weighted positive (:func:`spro_weights`) against the negatives."""
+    scores, weights = [], []
+    for channel in channels:
+        values = np.asarray(maps[channel.image])[channel.mask]
+        values = values[np.argsort(values, kind="stable")[::-1]]
+        scores.append(values)
+        weights.append(spro_weights(values, channel.saturation))
+    return rank(np.concatenate(scores), negatives, np.concatenate(weights))
+
+
+def spro_curve(maps: np.ndarray, masks: np.ndarray, channels: Sequence[Channel]) -> tuple[np.ndarray, np.ndarray]:
+    """The sPRO curve (Bergmann et al. 2022): mean over all channels of ``min(overlap /
+    saturation, 1)`` against the FPR over every pixel outside the union masks (good images and
+    the defect-free pixels of anomalous ones), at every distinct threshold."""
+    if not channels:
+        raise ValueError("spro: no ground-truth channels")
+    negatives = sorted_negatives(np.asarray(maps)[~np.asarray(masks, dtype=bool)])
+    return overlap_curve(spro_ranked(maps, channels, negatives), len(channels))
+
+
+# ----------------------------------------------------------------------------- one test set
+
+#: the FPR limits of AUC-sPRO: the official evaluation's (0.01, 0.05, 0.1, 0.3, 1) and 0.2
+SPRO_LIMITS = (0.01, 0.05, 0.1, 0.2, 0.3, 1.0)
+
+
+def spro_key(limit: float) -> str:
+    return f"spro_{limit:g}"
+
+
+def score_test_set(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    masks: np.ndarray,
+    maps: np.ndarray,
+    fpr_limit: float = 0.3,
+    channels: Sequence[Channel] | None = None,
+    spro_limits: Sequence[float] = SPRO_LIMITS,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Every metric of one test set: ``(metrics, thresholds)``.
+
+    Image AUROC, AP, F1-max over image scores; pixel AUROC, AP, F1-max and AUPRO over all pixels
+    of all images, from one sort of the normal pixels' scores; with ``channels``, AUC-sPRO at
+    each of ``spro_limits`` against the same sort. ``thresholds`` holds the F1-max thresholds.
+    """
+    labels = np.asarray(labels)
+    masks = np.asarray(masks, dtype=bool)
+    maps = np.asarray(maps)
+    image = _ranked(*_check(labels, scores, "image metrics"), "image metrics")
+    _check(masks, maps, "pixel metrics")
+    if masks.ndim != 3:
+        raise ValueError(f"pixel metrics: masks must be [N, H, W], got shape {masks.shape}")
+    negatives = sorted_negatives(maps[~masks])
+    if negatives.size == 0 or negatives.size == masks.size:
+        raise ValueError(f"pixel metrics: needs normal and anomalous pixels (got {masks.sum()} of {masks.size})")
+    pixel, n_regions = _pro_ranked(masks, maps, negatives)
+    image_f1, image_t = f1_max_of(image)
+    pixel_f1, pixel_t = f1_max_of(pixel)
+    metrics = {
+        "image_auroc": auroc_of(image),
+        "image_ap": average_precision_of(image),
+        "image_f1_max": image_f1,
+        "pixel_auroc": auroc_of(pixel),
+        "pixel_ap": average_precision_of(pixel),
+        "pixel_f1_max": pixel_f1,
+        "aupro": area_to(*overlap_curve(pixel, n_regions), fpr_limit),
+    }
+    if channels:
+        curve = overlap_curve(spro_ranked(maps, channels, negatives), len(channels))
+        metrics |= {spro_key(limit): area_to(*curve, limit) for limit in spro_limits}
+    return metrics, {"image_f1_max": image_t, "pixel_f1_max": pixel_t}
 
 
 def evaluate(
@@ -158,33 +345,39 @@ def evaluate(
     maps: np.ndarray,
     kinds: Sequence[str] | None = None,
     fpr_limit: float = 0.3,
-) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    channels: Sequence[Channel] | None = None,
+    spro_limits: Sequence[float] = SPRO_LIMITS,
+) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
     """All metrics of one test set, overall and per anomaly kind.
 
     Args:
         labels: ``[N]`` 0/1. scores: ``[N]``. masks: bool ``[N, H, W]``. maps: ``[N, H, W]``.
         kinds: anomaly kind of each image (``good`` for normal ones). When the anomalous
             images have more than one kind, each kind is scored against all normal images.
+        channels: MVTec LOCO's ground-truth channels (for sPRO), or None.
 
     Returns:
-        ``(metrics, metrics_by_kind)``; the second is empty for single-kind datasets.
+        ``(metrics, metrics_by_kind, thresholds)``; the second is empty for single-kind datasets;
+        the third holds the F1-max thresholds of the whole test set.
     """
     labels = np.asarray(labels)
+    scores = np.asarray(scores)
 
-    def score(subset: np.ndarray) -> dict[str, float]:
-        return {
-            "image_auroc": image_auroc(labels[subset], scores[subset]),
-            "pixel_auroc": pixel_auroc(masks[subset], maps[subset]),
-            "aupro": aupro(masks[subset], maps[subset], fpr_limit),
-        }
+    def score(subset: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+        index = np.flatnonzero(subset)
+        renumber = {int(i): j for j, i in enumerate(index)}
+        kept = [Channel(renumber[c.image], c.mask, c.saturation) for c in (channels or []) if c.image in renumber]
+        return score_test_set(
+            labels[subset], scores[subset], masks[subset], maps[subset], fpr_limit, kept or None, spro_limits
+        )
 
     everything = np.ones(len(labels), dtype=bool)
-    overall = score(everything)
+    overall, thresholds = score(everything)
     by_kind: dict[str, dict[str, float]] = {}
     if kinds is not None:
         kinds_arr = np.asarray(kinds)
         anomalous_kinds = sorted(set(kinds_arr[labels == 1].tolist()))
         if len(anomalous_kinds) > 1:
             for kind in anomalous_kinds:
-                by_kind[kind] = score((labels == 0) | (kinds_arr == kind))
-    return overall, by_kind
+                by_kind[kind] = score((labels == 0) | (kinds_arr == kind))[0]
+    return overall, by_kind, thresholds

@@ -26,7 +26,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from .data import DatasetError, ImageSet, Splits, build_splits, load_image_set
+from .data import LOGICAL, DatasetError, ImageSet, Splits, build_splits, load_image_set
+from .data.channels import DEFECTS_CONFIG, load_channels
 from .environment import describe_device, resolve_device, seed_everything, versions
 from .features import FeatureCache
 from .joblock import JobLock, describe_holder
@@ -173,6 +174,23 @@ SEED_RANGE = 2**32
 JOB_FILES = ("predictions.csv", "maps.npz")
 
 
+def attach_channels(splits: Splits, test: ImageSet) -> dict[str, str]:
+    """Give ``test`` MVTec LOCO's ground-truth channels when the category has a
+    ``defects_config.json`` (or is LOCO-like: logical anomalies); returns notes on what could not
+    be done (the other metrics are computed all the same)."""
+    config = splits.category_dir / DEFECTS_CONFIG
+    if not config.is_file() and not any(s.kind == LOGICAL for s in splits.test):
+        return {}
+    try:
+        test.channels, dropped = load_channels(test.samples, splits.category_dir, test.size)
+    except DatasetError as err:
+        log.warning("sPRO not computed: %s", err)
+        return {"spro": f"not computed: {err}"}
+    if dropped:
+        return {"spro": f"{dropped} ground-truth channels vanish at {test.size} px and are left out"}
+    return {}
+
+
 def check_inputs(cfg: DictConfig) -> None:
     """The files a job needs besides its dataset: backbone weights (the configured backbone's, or
     a model's own network's under the weights policy) and a model's own files (EfficientAD's
@@ -219,6 +237,9 @@ def _execute(cfg: DictConfig, record: dict[str, Any], files_dir: Path, splits: S
     record["data"] = splits.counts()
     record["data_fingerprint"] = splits.fingerprint()
     record["val_source"] = splits.val_source
+    notes = attach_channels(splits, test)
+    if notes:
+        record["metric_notes"] = notes
     progress = bool(cfg.progress)
 
     model.setup(make_context(cfg, device, weights))
@@ -250,9 +271,12 @@ def _execute(cfg: DictConfig, record: dict[str, Any], files_dir: Path, splits: S
 
     assert test.masks is not None
     start = time.perf_counter()
-    metrics, by_kind = evaluate(test.labels, scores, test.masks.numpy(), maps, test.kinds, float(cfg.fpr_limit))
+    metrics, by_kind, thresholds = evaluate(
+        test.labels, scores, test.masks.numpy(), maps, test.kinds, float(cfg.fpr_limit), test.channels or None
+    )
     record["metrics"] = metrics
     record["metrics_by_kind"] = by_kind
+    record["thresholds"] = thresholds
     save_predictions(files_dir, test, scores)
     save_map_preview(files_dir, test, maps, extras, int(cfg.save_maps_per_defect))
     record["timing"]["metrics_s"] = round(time.perf_counter() - start, 3)

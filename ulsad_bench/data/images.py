@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ class ImageSet:
     images: torch.Tensor
     masks: torch.Tensor | None
     key: str
+    channels: list[Any] | None = None  # MVTec LOCO's ground-truth channels (metrics.Channel), for sPRO
 
     def __len__(self) -> int:
         return len(self.samples)

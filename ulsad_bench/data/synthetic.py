@@ -17,7 +17,9 @@ Two categories, written once into a cache folder and then read by the same loade
     ``extra`` (two pins in one compartment; mask: the extra pin) and ``swapped`` (a top and a
     bottom pin exchange colours; two mask files, one per pin). Structural anomalies:
     ``scratch``, ``hole``, ``stain``, ``crack``, on a pin or on the box floor. Has a
-    ``validation/good`` split; masks in ``ground_truth/<kind>/<stem>/000.png, 001.png``.
+    ``validation/good`` split; masks in ``ground_truth/<kind>/<stem>/000.png, 001.png``, each
+    mask file with its defect type's pixel value, listed with a saturation threshold in
+    ``defects_config.json`` (MVTec LOCO's format; :data:`PINBOX_DEFECT_TYPES`).
 
 Every defect mask is exactly the set of pixels the defect changed (tests check this).
 ``render_texture_sample`` and ``render_pinbox_sample`` return the clean image next to the
@@ -43,7 +45,20 @@ PINBOX_LOGICAL = ("missing", "extra", "swapped")
 PINBOX_STRUCTURAL = ("scratch", "hole", "stain", "crack")
 
 _MANIFEST = "synthetic_manifest.json"
-GENERATOR_VERSION = 3  # bump when the rendering changes, so cached copies are regenerated
+GENERATOR_VERSION = 4  # bump when what is written changes, so cached copies are regenerated
+#: pinbox's ``defects_config.json`` (MVTec LOCO's format, for sPRO): mask pixel value and saturation
+#: threshold per defect type. ``missing``: half an empty compartment is enough (relative 0.5), as
+#: LOCO saturates missing objects early; ``extra``: a pin's worth of pixels (absolute, set from the
+#: resolution when written); the rest: the whole defect (relative 1.0), as LOCO's structural defects.
+PINBOX_DEFECT_TYPES = {
+    "missing": (1, 0.5, True),
+    "extra": (2, None, False),
+    "swapped": (3, 1.0, True),
+    "scratch": (4, 1.0, True),
+    "hole": (5, 1.0, True),
+    "stain": (6, 1.0, True),
+    "crack": (7, 1.0, True),
+}
 
 
 @dataclass(frozen=True)
@@ -345,10 +360,22 @@ def _write_pinbox(root: Path, spec: SyntheticSpec, rng: np.random.Generator) -> 
                 rendered = render_pinbox_sample(rng, spec.resolution, defect, spec.pin_jitter)
                 stem = f"{index:03d}"
                 _save_png(root / "test" / folder / f"{stem}.png", rendered.image)
+                value = PINBOX_DEFECT_TYPES[defect][0]
                 for j, mask in enumerate(rendered.masks):
-                    _save_png(root / "ground_truth" / folder / stem / f"{j:03d}.png", mask.astype(np.uint8) * 255)
+                    _save_png(root / "ground_truth" / folder / stem / f"{j:03d}.png", mask.astype(np.uint8) * value)
                 manifest.append({"image": f"test/{folder}/{stem}.png", "defect": defect, "kind": kind})
                 index += 1
+    pin_area = int(_pin_mask(PinboxGeometry(spec.resolution), (spec.resolution // 2, spec.resolution // 2)).sum())
+    config = [
+        {
+            "defect_name": name,
+            "pixel_value": value,
+            "saturation_threshold": pin_area if threshold is None else threshold,
+            "relative_saturation": relative,
+        }
+        for name, (value, threshold, relative) in PINBOX_DEFECT_TYPES.items()
+    ]
+    (root / "defects_config.json").write_text(json.dumps(config, indent=1))
     return manifest
 
 

@@ -30,11 +30,14 @@ import pandas as pd
 
 from ..config import result_config
 from ..records import find_records, inspect_record, is_attempt, is_dirty
-from .naming import KINDS, METRICS
+from .naming import ALL_METRICS, KINDS, SPRO_METRICS
 
 CELL = ["dataset", "category", "model", "variant", "backbone"]
 ULSAD_KEYS = ("lambda_l", "lambda_g", "loss_pg", "loss_lg", "branch", "alpha", "beta")
-KIND_COLUMNS = tuple(f"{kind}_{metric}" for kind in KINDS for metric in METRICS)
+RECORD_METRICS = (*ALL_METRICS, *SPRO_METRICS)
+KIND_COLUMNS = tuple(f"{kind}_{metric}" for kind in KINDS for metric in RECORD_METRICS)
+# MVTec LOCO's official "mean" AUC-sPRO: (logical + structural) / 2, per record
+MEAN_SPRO_COLUMNS = tuple(f"mean_{metric}" for metric in SPRO_METRICS)
 EFFICIENCY_COLUMNS = ("throughput", "gpu_memory_gb")
 
 
@@ -124,12 +127,14 @@ def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     }
     row["val_on_test"] = "TEST" in row["val_source"]
     row["dirty"] = is_dirty(record)
-    for metric in METRICS:
+    for metric in RECORD_METRICS:
         row[metric] = _pct(metrics.get(metric))
     by_kind = record.get("metrics_by_kind") or {}
     for kind in KINDS:
-        for metric in METRICS:
+        for metric in RECORD_METRICS:
             row[f"{kind}_{metric}"] = _pct((by_kind.get(kind) or {}).get(metric))
+    for metric in SPRO_METRICS:
+        row[f"mean_{metric}"] = (row[f"logical_{metric}"] + row[f"structural_{metric}"]) / 2
     row["throughput"] = float(efficiency.get("throughput_img_s", float("nan")))
     row["gpu_memory_gb"] = float(efficiency.get("peak_memory_mb", float("nan"))) / 1024.0
     row["memory_kind"] = str(efficiency.get("memory_kind", ""))

@@ -26,10 +26,18 @@ DATASET_LABEL = {
     "synthetic": "Synthetic",
 }
 
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
+METRICS = ("image_auroc", "pixel_auroc", "aupro")  # the paper's three
+# every metric a record carries (multi-method benchmarks' set, e.g. ADer's), in their column order
+ALL_METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
+SPRO_LIMITS = (0.01, 0.05, 0.1, 0.2, 0.3, 1.0)  # MVTec LOCO's AUC-sPRO limits (official ones and 0.2)
+SPRO_METRICS = tuple(f"spro_{limit:g}" for limit in SPRO_LIMITS)
 METRIC_LABEL = {
     "image_auroc": "I-AUROC",
+    "image_ap": "I-AP",
+    "image_f1_max": "I-F1max",
     "pixel_auroc": "P-AUROC",
+    "pixel_ap": "P-AP",
+    "pixel_f1_max": "P-F1max",
     "aupro": "AUPRO",
     "throughput": "Throughput (img/s)",
     "gpu_memory_gb": "GPU memory (GB)",

@@ -24,13 +24,16 @@ from .audit import Audit
 from .grid import Series, Slot, build_grid
 from .load import ULSAD_KEYS, Results
 from .naming import (
+    ALL_METRICS,
     EXTENDED_TABLES,
     KIND_TABLES,
     KINDS,
+    METRIC_LABEL,
     METRIC_TITLE,
     METRICS,
     PAPER_DATASETS,
     PAPER_METHODS,
+    SPRO_LIMITS,
     TABLE1_ORDER,
     backbone_label,
     backbone_order,
@@ -328,6 +331,73 @@ def table4(ctx: Context, dataset: str, compare: bool = False) -> Table | None:
     )
 
 
+def _methods_by_metrics(
+    ctx: Context, dataset: str, key: str, title: str, slots: list[Slot], per: str, note: str
+) -> Table | None:
+    """Methods (rows) x metric slots (columns): dataset means over categories, mean ± std over seeds."""
+    methods = ctx.methods_in(dataset)
+    if not methods:
+        return None
+    audit = Audit(ctx.results)
+    series = _main_series(
+        methods,
+        PAPER_METHODS,
+        False,
+        lambda slot, m: [_dataset_mean(ctx, audit, m, dataset, part) for part in slot.parts],
+        lambda slot, name: [None for _ in slot.parts],
+        long_names=False,
+    )
+    table = build_grid(key, title, series, slots, series_as="rows", corner=["Method"])
+    audit.extra_notes.append(note)
+    return _finish_main(ctx, audit, table, per, False, methods, [dataset])
+
+
+def all_metrics(ctx: Context, dataset: str) -> Table | None:
+    """Every metric of the records on one dataset, in multi-method benchmarks' layout (e.g. ADer)."""
+    slots = [Slot(metric, METRIC_LABEL[metric], (metric,)) for metric in ALL_METRICS]
+    return _methods_by_metrics(
+        ctx,
+        dataset,
+        f"metrics_{dataset}",
+        f"All metrics on {dataset_label(dataset)} (%): image AUROC, AP, F1-max; pixel AUROC, AP, F1-max; AUPRO",
+        slots,
+        "column",
+        "AP as sklearn's average_precision_score and F1-max as the best F1 over every threshold, at image level "
+        "(image scores) and pixel level (all pixels of all test images); AUPRO up to FPR 0.3 over the union of "
+        "the masks (the paper's). Not in the paper.",
+    )
+
+
+def spro_table(ctx: Context, dataset: str) -> Table | None:
+    """AUC-sPRO of MVTec LOCO's official evaluation at each FPR limit: logical | structural | mean."""
+    columns = [f"{kind}_spro_{limit:g}" for kind in KINDS for limit in SPRO_LIMITS]
+    if ctx.ok.loc[ctx.ok["dataset"] == dataset, columns].dropna(how="all").empty:
+        return None
+    slots = [
+        Slot(
+            f"spro_{limit:g}",
+            f"FPR ≤ {limit:g}",
+            tuple(f"{part}_spro_{limit:g}" for part in ("logical", "structural", "mean")),
+        )
+        for limit in SPRO_LIMITS
+    ]
+    return _methods_by_metrics(
+        ctx,
+        dataset,
+        f"spro_{dataset}",
+        f"AUC-sPRO (%) on {dataset_label(dataset)} at each FPR limit: logical | structural | mean",
+        slots,
+        "limit and kind",
+        "sPRO as MVTec LOCO's official evaluation defines it (Bergmann et al. 2022): every mask file a channel "
+        "with its defect type's saturation threshold from defects_config.json, the mean over channels against "
+        "the FPR over all defect-free pixels, at every distinct threshold (the official code uses a refined "
+        "subset of thresholds); mean = (logical + structural) / 2 as the official code reports it; limits "
+        "0.01, 0.05, 0.1, 0.3, 1 are the official ones, 0.2 is added. Maps and masks at dataset.image_size "
+        "(absolute thresholds scaled by the area ratio). The paper's LOCO AUPRO (Tables 2, 11) is over the "
+        "union of the masks instead.",
+    )
+
+
 def _categories_with(ctx: Context, dataset: str, column: str) -> list[str]:
     frame = ctx.main[(ctx.main["dataset"] == dataset)].dropna(subset=[column])
     present = set(frame["category"])
@@ -560,4 +630,7 @@ def all_tables(ctx: Context, compare: bool = False) -> list[Table]:
     tables += [extended(ctx, d, metric, compare) for d in ctx.datasets() for metric in METRICS]
     tables += [kinds(ctx, d, kind, metric, compare) for d in ctx.datasets() for kind in KINDS for metric in METRICS]
     tables += [table30(ctx, d, compare) for d in ulsad_datasets]
+    if not compare:  # tables the paper does not have
+        tables += [all_metrics(ctx, d) for d in ctx.datasets()]
+        tables += [spro_table(ctx, d) for d in ctx.datasets()]
     return [t for t in tables if t is not None]
