@@ -56,11 +56,11 @@ def tiny_cfg(shared_cache: Path, tmp_path: Path) -> Callable[..., DictConfig]:
     return make
 
 
-def tiny_mvtec(root: Path) -> Path:
-    """A tiny MVTec-AD-layout dataset under ``root``: category ``bottle``, 10 train, 4 good + 3 dent test."""
+def tiny_mvtec(root: Path, n_train: int = 10) -> Path:
+    """A tiny MVTec-AD-layout dataset under ``root``: category ``bottle``, ``n_train`` train, 4 good + 3 dent test."""
     rng = np.random.default_rng(0)
     category = root / "bottle"
-    for folder, count in (("train/good", 10), ("test/good", 4), ("test/dent", 3)):
+    for folder, count in (("train/good", n_train), ("test/good", 4), ("test/dent", 3)):
         (category / folder).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             Image.fromarray(rng.integers(100, 140, (32, 32, 3), dtype=np.uint8)).save(category / folder / f"{i}.png")

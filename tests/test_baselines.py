@@ -57,7 +57,8 @@ def run_and_keep_model(cfg, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> t
 
 
 def check_predictions(model: AnomalyModel, cfg, run_dir: Path, map_size: int) -> None:
-    """Raw maps ``[B, s, s]`` and scores ``[B]`` are finite; the harness's maps are at the image size."""
+    """Raw maps ``[B, s, s]`` and scores ``[B]`` are finite; the harness's maps are at the size the model
+    sees (the image size, or its centre crop)."""
     _, _, _, test = runner.load_data(cfg)
     images = test.float_images(slice(0, 3))
     with torch.inference_mode():
@@ -66,7 +67,8 @@ def check_predictions(model: AnomalyModel, cfg, run_dir: Path, map_size: int) ->
     assert out.scores.shape == (3,)
     assert torch.isfinite(out.maps).all() and torch.isfinite(out.scores).all()
     saved = np.load(run_dir / "maps.npz")
-    assert saved["map"].shape[1:] == (64, 64) and np.isfinite(saved["map"]).all()
+    size = runner.model_image_size(cfg)
+    assert saved["map"].shape[1:] == (size, size) and np.isfinite(saved["map"]).all()
 
 
 def no_stray_folders(cwd: Path) -> None:

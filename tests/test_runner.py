@@ -15,6 +15,7 @@ from tests.conftest import TINY_DATA, compose_config
 from ulsad_bench import runner
 from ulsad_bench.metrics import image_auroc
 from ulsad_bench.records import RECORD_NAME
+from ulsad_bench.report.naming import ALL_METRICS, SPRO_METRICS
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD_FIELDS = {
@@ -47,8 +48,9 @@ def test_record_has_every_field_and_traceable_metrics(tiny_cfg, tmp_path: Path) 
     assert set(on_disk["data"]) >= {"train", "val", "test_normal", "test_anomalous"}
     assert set(on_disk["metrics_by_kind"]) == {"logical", "structural"}
     for metrics in [on_disk["metrics"], *on_disk["metrics_by_kind"].values()]:
-        assert set(metrics) == {"image_auroc", "pixel_auroc", "aupro"}
+        assert set(metrics) == {*ALL_METRICS, *SPRO_METRICS}  # pinbox is LOCO-like: it has sPRO too
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert set(on_disk["thresholds"]) == {"image_f1_max", "pixel_f1_max"}
     assert set(on_disk["versions"]) >= {"python", "torch", "torchvision", "anomalib", "package"}
     assert on_disk["hyperparameters"]["n_features"] == 100  # PaDiM paper value for resnet18
     # the image AUROC can be recomputed from the per-image predictions
@@ -130,4 +132,4 @@ def test_model_with_its_own_backbone_needs_no_configured_weights_file(
     assert seen["policy"].kind == "imagenet" and seen["policy"].file is None
     assert record["backbone"] == "vgg19"
     failed = runner.run(tiny_cfg("model=padim", "backbone.weights=imagenet"), tmp_path / "padim")
-    assert failed["status"] == "failed" and "resnet18-f37072fd.pth" in failed["error"]
+    assert failed["status"] == "failed" and "resnet18-5c106cde.pth" in failed["error"]

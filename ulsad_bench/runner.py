@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .data import LOGICAL, DatasetError, ImageSet, Splits, build_splits, load_image_set
 from .data.channels import DEFECTS_CONFIG, load_channels
+from .data.sample import check_resize
 from .environment import describe_device, resolve_device, seed_everything, versions
 from .features import FeatureCache
 from .joblock import JobLock, describe_holder
@@ -57,6 +58,7 @@ def build_model(model_cfg: DictConfig) -> AnomalyModel:
     assert isinstance(kwargs, dict)
     target = kwargs.pop("_target_")
     kwargs.pop("name", None)
+    kwargs.pop("center_crop", None)  # a data setting of the model, applied by the runner
     model = get_class(target)(**kwargs)
     if not isinstance(model, AnomalyModel):
         raise TypeError(f"{target} is not an AnomalyModel")
@@ -129,13 +131,49 @@ def save_map_preview(
     np.savez_compressed(run_dir / "maps.npz", **payload)
 
 
+def model_class(cfg: DictConfig) -> type[AnomalyModel]:
+    """The configured model's class (``model._target_``), without building it."""
+    cls = get_class(str(cfg.model._target_))
+    if not (isinstance(cls, type) and issubclass(cls, AnomalyModel)):
+        raise TypeError(f"model._target_={cfg.model._target_} is not an AnomalyModel")
+    return cls
+
+
+def job_splits(cfg: DictConfig) -> Splits:
+    """The category's splits as this job's model reads them (no validation split for a model
+    that uses none, see :func:`ulsad_bench.data.build_splits`)."""
+    return build_splits(cfg.dataset, Path(cfg.cache_dir), uses_validation=model_class(cfg).uses_validation)
+
+
+def center_crop_of(cfg: DictConfig) -> int | None:
+    """The crop in pixels that ``model.center_crop`` (a fraction of ``dataset.image_size``, or
+    null) asks for: anomalib 0.7's PatchCore config resizes to 256 and centre-crops 224, i.e.
+    0.875; null: no crop."""
+    fraction = cfg.model.get("center_crop")
+    if fraction is None:
+        return None
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"model.center_crop={fraction!r}: expected null or a fraction in (0, 1] of dataset.image_size")
+    return round(float(fraction) * int(cfg.dataset.image_size))
+
+
+def model_image_size(cfg: DictConfig) -> int:
+    """The size a model sees: the centre crop when ``model.center_crop`` is set, else
+    ``dataset.image_size``."""
+    crop = center_crop_of(cfg)
+    return crop if crop is not None else int(cfg.dataset.image_size)
+
+
 def load_data(cfg: DictConfig, splits: Splits | None = None) -> tuple[Splits, ImageSet, ImageSet, ImageSet]:
-    """The category's splits (built here unless given) and their decoded images (test with masks)."""
-    splits = splits if splits is not None else build_splits(cfg.dataset, Path(cfg.cache_dir))
+    """The category's splits (built here unless given) and their decoded images (test with masks
+    and, for MVTec LOCO, ground-truth channels), centre-cropped when the model asks for it."""
+    splits = splits if splits is not None else job_splits(cfg)
     size, progress = int(cfg.dataset.image_size), bool(cfg.progress)
-    train = load_image_set(splits.train, size, with_masks=False, desc="read train", progress=progress)
-    val = load_image_set(splits.val, size, with_masks=False, desc="read val", progress=progress)
-    test = load_image_set(splits.test, size, with_masks=True, desc="read test", progress=progress)
+    resize = check_resize(str(cfg.dataset.get("resize", "cv2_linear")))
+    options = {"progress": progress, "resize": resize}
+    train = load_image_set(splits.train, size, with_masks=False, desc="read train", **options)
+    val = load_image_set(splits.val, size, with_masks=False, desc="read val", **options)
+    test = load_image_set(splits.test, size, with_masks=True, desc="read test", **options)
     return splits, train, val, test
 
 
@@ -145,7 +183,7 @@ def make_context(cfg: DictConfig, device: torch.device, weights: WeightsInfo) ->
     return RunContext(
         device=device,
         seed=seed,
-        image_size=int(cfg.dataset.image_size),
+        image_size=model_image_size(cfg),
         backbone=BackboneSpec(str(cfg.backbone.name), weights),
         feature_cache=FeatureCache(
             Path(cfg.cache_dir) / "features",
@@ -162,11 +200,12 @@ def make_context(cfg: DictConfig, device: torch.device, weights: WeightsInfo) ->
 
 def configured_weights(cfg: DictConfig, resolve_file: bool = True) -> WeightsInfo:
     """The configured backbone's weights; with ``resolve_file=False`` only the policy
-    (``imagenet`` / ``random``), for models that load their own network through it."""
+    (``imagenet`` / ``torchvision`` / ``random``), for models that load their own network through it."""
     name, weights, seed = str(cfg.backbone.name), str(cfg.backbone.weights), int(cfg.backbone.random_init_seed)
-    if resolve_file or weights not in ("imagenet", "random"):
-        return resolve_weights(name, weights, seed)
-    return WeightsInfo(kind=weights, random_init_seed=seed if weights == "random" else None)
+    verify = bool(cfg.backbone.get("verify", True))
+    if resolve_file or weights not in ("imagenet", "torchvision", "random"):
+        return resolve_weights(name, weights, seed, verify)
+    return WeightsInfo(kind=weights, random_init_seed=seed if weights == "random" else None, verified=verify)
 
 
 SEED_RANGE = 2**32
@@ -174,7 +213,7 @@ SEED_RANGE = 2**32
 JOB_FILES = ("predictions.csv", "maps.npz")
 
 
-def attach_channels(splits: Splits, test: ImageSet) -> dict[str, str]:
+def attach_channels(splits: Splits, test: ImageSet, resize: str = "cv2_linear") -> dict[str, str]:
     """Give ``test`` MVTec LOCO's ground-truth channels when the category has a
     ``defects_config.json`` (or is LOCO-like: logical anomalies); returns notes on what could not
     be done (the other metrics are computed all the same)."""
@@ -182,7 +221,7 @@ def attach_channels(splits: Splits, test: ImageSet) -> dict[str, str]:
     if not config.is_file() and not any(s.kind == LOGICAL for s in splits.test):
         return {}
     try:
-        test.channels, dropped = load_channels(test.samples, splits.category_dir, test.size)
+        test.channels, dropped = load_channels(test.samples, splits.category_dir, test.size, resize)
     except DatasetError as err:
         log.warning("sPRO not computed: %s", err)
         return {"spro": f"not computed: {err}"}
@@ -202,7 +241,7 @@ def check_inputs(cfg: DictConfig) -> None:
     own = model.own_backbone()
     if own is not None:
         make_context(cfg, torch.device("cpu"), weights).backbone_spec(own)
-    model.check_files()
+    model.check_files(weights.kind)
 
 
 def validate_job(cfg: DictConfig) -> None:
@@ -214,10 +253,8 @@ def validate_job(cfg: DictConfig) -> None:
     size = cfg.dataset.image_size
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ValueError(f"dataset.image_size={size!r}: expected a positive integer (pixels)")
-    model_class = get_class(str(cfg.model._target_))
-    if not (isinstance(model_class, type) and issubclass(model_class, AnomalyModel)):
-        raise TypeError(f"model._target_={cfg.model._target_} is not an AnomalyModel")
-    model_class.check_image_size(size)
+    model_class(cfg).check_image_size(model_image_size(cfg))
+    check_resize(str(cfg.dataset.get("resize", "cv2_linear")))
     resume_mode(cfg.get("resume", "strict"))
 
 
@@ -237,9 +274,14 @@ def _execute(cfg: DictConfig, record: dict[str, Any], files_dir: Path, splits: S
     record["data"] = splits.counts()
     record["data_fingerprint"] = splits.fingerprint()
     record["val_source"] = splits.val_source
-    notes = attach_channels(splits, test)
+    notes = attach_channels(splits, test, str(cfg.dataset.get("resize", "cv2_linear")))
     if notes:
         record["metric_notes"] = notes
+    crop = center_crop_of(cfg)
+    if crop is not None:  # after the resize, identical for images, masks and channels (anomalib 0.7)
+        train, val, test = (images.center_crop(crop) for images in (train, val, test))
+    record["data"]["center_crop"] = crop
+    record["data"]["resize"] = str(cfg.dataset.get("resize", "cv2_linear"))
     progress = bool(cfg.progress)
 
     model.setup(make_context(cfg, device, weights))
@@ -290,7 +332,7 @@ def _listed_splits(cfg: DictConfig) -> Splits | None:
     """The category's splits for the resume check, or None when they cannot be listed (the job
     then fails on the same error and records it)."""
     try:
-        return build_splits(cfg.dataset, Path(cfg.cache_dir))
+        return job_splits(cfg)
     except (DatasetError, OSError, ValueError):
         return None
 

@@ -50,7 +50,7 @@ def _counts(splits: Splits) -> dict[str, int]:
     return out
 
 
-def check_splits(splits: Splits, size: int, workers: int = WORKERS) -> float:
+def check_splits(splits: Splits, size: int, workers: int = WORKERS, resize: str = "cv2_linear") -> float:
     """Read every image header and every mask of ``splits``; return the anomalous pixel fraction.
 
     Raises:
@@ -58,7 +58,7 @@ def check_splits(splits: Splits, size: int, workers: int = WORKERS) -> float:
     """
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(lambda s: image_size_of(s.path), [*splits.train, *splits.val, *splits.test]))
-        anomalous = sum(int(m.sum()) for m in pool.map(lambda s: read_mask(s, size), splits.test))
+        anomalous = sum(int(m.sum()) for m in pool.map(lambda s: read_mask(s, size, resize), splits.test))
     return anomalous / (len(splits.test) * size * size)
 
 
@@ -66,7 +66,7 @@ def check_category(dataset_cfg: Any, cache_dir: Path) -> dict[str, Any]:
     """Build one category's splits as a job does, read its files, and summarise it."""
     splits = build_splits(dataset_cfg, cache_dir)
     size = int(dataset_cfg.image_size)
-    fraction = check_splits(splits, size)
+    fraction = check_splits(splits, size, resize=str(dataset_cfg.get("resize", "cv2_linear")))
     return {
         "dataset": str(dataset_cfg.name),
         "category": str(dataset_cfg.category),

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..metrics import Channel
-from .sample import DatasetError, Sample, _open
+from .sample import DatasetError, Sample, _open, resize_mask
 
 DEFECTS_CONFIG = "defects_config.json"
 
@@ -68,7 +67,9 @@ def read_defects_config(path: Path) -> dict[int, DefectType]:
     return types
 
 
-def load_channels(samples: Sequence[Sample], category_dir: Path, size: int) -> tuple[list[Channel], int]:
+def load_channels(
+    samples: Sequence[Sample], category_dir: Path, size: int, resize: str = "cv2_linear"
+) -> tuple[list[Channel], int]:
     """The channels of the anomalous ``samples`` at ``size`` x ``size``, and how many vanished."""
     types = read_defects_config(Path(category_dir) / DEFECTS_CONFIG)
     channels: list[Channel] = []
@@ -90,10 +91,7 @@ def load_channels(samples: Sequence[Sample], category_dir: Path, size: int) -> t
                 )
             defect = types[int(present[0])]
             binary = values > 0
-            resized = binary
-            if binary.shape != (size, size):
-                small = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
-                resized = np.asarray(small) > 0
+            resized = resize_mask(binary, size, resize)
             area = int(resized.sum())
             if area == 0:
                 dropped += 1

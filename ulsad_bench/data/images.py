@@ -47,6 +47,29 @@ class ImageSet:
     def kinds(self) -> list[str]:
         return [s.kind for s in self.samples]
 
+    def center_crop(self, crop: int) -> ImageSet:
+        """The central ``crop`` x ``crop`` window of every image, mask and channel (as anomalib's
+        ``A.CenterCrop`` after the resize, identical for image and mask)."""
+        size = self.size
+        if not 0 < crop <= size:
+            raise ValueError(f"center_crop={crop} must lie in (0, dataset.image_size={size}]")
+        top = (size - crop) // 2
+        window = (slice(None), slice(top, top + crop), slice(top, top + crop))
+        channels = None
+        if self.channels is not None:
+            channels = []
+            for c in self.channels:
+                mask = c.mask[window[1:]]
+                if mask.any():
+                    channels.append(type(c)(c.image, mask, min(c.saturation, float(mask.sum()))))
+        return ImageSet(
+            samples=self.samples,
+            images=self.images[(slice(None), slice(None), *window[1:])].contiguous(),
+            masks=None if self.masks is None else self.masks[window].contiguous(),
+            key=f"{self.key}|crop{crop}",
+            channels=channels,
+        )
+
     def float_images(self, indices: Sequence[int] | torch.Tensor | slice) -> torch.Tensor:
         """Images ``[B, 3, S, S]`` as float32 in [0, 1]."""
         return self.images[indices].float().div_(255.0)
@@ -62,9 +85,9 @@ class ImageSet:
             yield idx, self.float_images(idx)
 
 
-def file_list_key(samples: Sequence[Sample], size: int) -> str:
-    """Hash of the files (path, byte size, modification time) and the image size."""
-    digest = hashlib.sha256(f"size={size}".encode())
+def file_list_key(samples: Sequence[Sample], size: int, resize: str = "cv2_linear") -> str:
+    """Hash of the files (path, byte size, modification time), the image size and the resize."""
+    digest = hashlib.sha256(f"size={size}|resize={resize}".encode())
     for sample in samples:
         stat = sample.path.stat()
         digest.update(f"\n{sample.path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -78,16 +101,18 @@ def load_image_set(
     desc: str,
     workers: int = 4,
     progress: bool = True,
+    resize: str = "cv2_linear",
 ) -> ImageSet:
-    """Decode and resize every image (and mask) of a split, in a small thread pool."""
+    """Decode and resize every image (and mask) of a split, in a small thread pool
+    (``resize``: :data:`~ulsad_bench.data.sample.RESIZE_METHODS`)."""
     samples = list(samples)
     images = np.empty((len(samples), 3, size, size), dtype=np.uint8)
     masks = np.zeros((len(samples), size, size), dtype=bool) if with_masks else None
 
     def load(index: int) -> None:
-        images[index] = read_image(samples[index].path, size)
+        images[index] = read_image(samples[index].path, size, resize)
         if masks is not None:
-            masks[index] = read_mask(samples[index], size)
+            masks[index] = read_mask(samples[index], size, resize)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(
@@ -97,5 +122,5 @@ def load_image_set(
         samples=samples,
         images=torch.from_numpy(images),
         masks=None if masks is None else torch.from_numpy(masks),
-        key=file_list_key(samples, size),
+        key=file_list_key(samples, size, resize),
     )

@@ -92,17 +92,52 @@ def to_rgb8(image: Image.Image, path: Path) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
+#: ``dataset.resize``: how images are brought to ``dataset.image_size``.
+#: ``cv2_linear`` (default): OpenCV ``INTER_LINEAR``, no antialiasing, as anomalib 0.x's
+#: albumentations ``A.Resize`` did for the paper's numbers (masks: OpenCV ``INTER_NEAREST``, as
+#: albumentations resizes masks); ``pil_bilinear``: PIL's bilinear filter, which antialiases when
+#: shrinking (masks: PIL nearest).
+RESIZE_METHODS = ("cv2_linear", "pil_bilinear")
+
+
+def check_resize(method: str) -> str:
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"dataset.resize={method!r}: expected one of {', '.join(RESIZE_METHODS)}")
+    return method
+
+
+def resize_image(rgb: np.ndarray, size: int, method: str = "cv2_linear") -> np.ndarray:
+    """``[H, W, 3]`` uint8 -> ``[size, size, 3]`` uint8 (see :data:`RESIZE_METHODS`)."""
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    if check_resize(method) == "cv2_linear":
+        import cv2
+
+        return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def resize_mask(binary: np.ndarray, size: int, method: str = "cv2_linear") -> np.ndarray:
+    """``[H, W]`` bool -> ``[size, size]`` bool by nearest neighbour (OpenCV's or PIL's)."""
+    if binary.shape == (size, size):
+        return binary
+    values = binary.astype(np.uint8) * 255
+    if check_resize(method) == "cv2_linear":
+        import cv2
+
+        return cv2.resize(values, (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    return np.asarray(Image.fromarray(values).resize((size, size), Image.Resampling.NEAREST)) > 0
+
+
+def read_image(path: Path, size: int, resize: str = "cv2_linear") -> np.ndarray:
     """Read an image as RGB (grayscale becomes 3 identical channels; 16-bit images are scaled
-    to 8 bit, see :func:`to_rgb8`), resized to ``size``.
+    to 8 bit, see :func:`to_rgb8`), resized to ``size`` (``resize``: :data:`RESIZE_METHODS`).
 
     Returns:
         uint8 array ``[3, size, size]``.
     """
-    image = to_rgb8(_open(path, "image"), path)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    rgb = np.asarray(to_rgb8(_open(path, "image"), path), dtype=np.uint8)
+    return resize_image(rgb, size, resize).transpose(2, 0, 1).copy()
 
 
 def image_size_of(path: Path) -> tuple[int, int]:
@@ -116,7 +151,7 @@ def image_size_of(path: Path) -> tuple[int, int]:
         raise DatasetError(f"unreadable image file {path}: expected a PNG/JPEG/BMP image ({err})") from err
 
 
-def read_mask(sample: Sample, size: int) -> np.ndarray:
+def read_mask(sample: Sample, size: int, resize: str = "cv2_linear") -> np.ndarray:
     """The binary pixel mask of a sample: union of its mask files, any non-zero pixel set.
 
     Masks must have the same width and height as their image (checked, with the file named).
@@ -141,7 +176,4 @@ def read_mask(sample: Sample, size: int) -> np.ndarray:
         binary = values > 0
         union = binary if union is None else union | binary
     assert union is not None
-    if union.shape != (size, size):
-        resized = Image.fromarray(union.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
-        union = np.asarray(resized) > 0
-    return union
+    return resize_mask(union, size, resize)

@@ -166,8 +166,13 @@ def _holdout(train: list[Sample], fraction: float, seed: int, where: Path) -> tu
     return [s for i, s in enumerate(train) if i not in val_idx], [s for i, s in enumerate(train) if i in val_idx]
 
 
-def build_splits(cfg: Any, cache_dir: Path) -> Splits:
-    """Read one category (``cfg.category``) and choose its validation split."""
+def build_splits(cfg: Any, cache_dir: Path, uses_validation: bool = True) -> Splits:
+    """Read one category (``cfg.category``) and choose its validation split.
+
+    ``uses_validation=False`` (a model that calibrates nothing: PaDiM, PatchCore, DFR) gets no
+    validation split and trains on every training image, as anomalib trains them, unless
+    ``dataset.validation_for_all`` keeps the hold-out for every model.
+    """
     directory = category_dir(cfg, Path(cache_dir))
     if cfg.format not in READERS:
         raise ValueError(f"unknown dataset format {cfg.format!r}; known: {', '.join(sorted(READERS))}")
@@ -178,6 +183,9 @@ def build_splits(cfg: Any, cache_dir: Path) -> Splits:
     if mode == "auto":
         mode = "folder" if found.validation else "holdout"
     train = list(found.train)
+    if not uses_validation and not bool(cfg.get("validation_for_all", False)):
+        source = "none: the model uses no validation split and trains on every training image"
+        return Splits(train=train, val=[], test=list(found.test), val_source=source, category_dir=directory)
     if mode == "folder":
         if not found.validation:
             raise DatasetError(f"{directory} has no validation/ folder; use dataset.val_split=holdout")

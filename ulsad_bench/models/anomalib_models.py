@@ -35,6 +35,7 @@ from .base import AnomalyModel, Prediction, RunContext
 from .efficientad_offline import (
     DistillationConfig,
     IndexStream,
+    TeacherWeightsNotFoundError,
     channel_mean_var,
     distil_teacher,
     load_teacher,
@@ -131,6 +132,7 @@ class Padim(_AnomalibFeatureModel):
     """
 
     name = "padim"
+    uses_validation = False  # nothing is calibrated: trains on every training image (anomalib)
     min_image_size = 17  # the map's Gaussian blur (sigma 4, kernel 33) reflect-pads 16 pixels
 
     def __init__(
@@ -170,6 +172,7 @@ class Patchcore(_AnomalibFeatureModel):
     """
 
     name = "patchcore"
+    uses_validation = False  # nothing is calibrated: trains on every training image (anomalib)
     min_image_size = 17  # the map's Gaussian blur (sigma 4, kernel 33) reflect-pads 16 pixels
 
     def __init__(
@@ -258,7 +261,13 @@ class EfficientAd(AnomalyModel):
         penalty_dir: str | None = None,
         penalty_grayscale: float = 0.3,
         penalty_workers: int = 2,
+        teacher: str = "auto",
+        penalty: str = "auto",
     ) -> None:
+        if teacher not in ("auto", "pretrained", "distilled"):
+            raise ValueError(f"model.teacher must be auto, pretrained or distilled, got {teacher!r}")
+        if penalty not in ("auto", "imagenette", "off"):
+            raise ValueError(f"model.penalty must be auto, imagenette or off, got {penalty!r}")
         if model_size not in ("small", "medium"):
             raise ValueError(f"model_size must be 'small' or 'medium', got {model_size!r}")
         if input_size is not None and input_size < EFFICIENTAD_MIN_SIZE:
@@ -285,15 +294,48 @@ class EfficientAd(AnomalyModel):
         self.penalty_dir = penalty_dir
         self.penalty_grayscale = float(penalty_grayscale)
         self.penalty_workers = int(penalty_workers)
+        self.teacher_setting = teacher
+        self.penalty_setting = penalty
         self.teacher_record: dict[str, Any] = {}
         self.penalty_record: str | dict[str, Any] = "off"
 
     # ------------------------------------------------------------------ set-up
 
-    def check_files(self) -> None:
-        if self.teacher_weights is not None:
+    def resolve_setting(self, weights_kind: str) -> tuple[str, str]:
+        """``(teacher, penalty)``: the paper's setting (anomalib's pretrained teacher, ImageNette
+        penalty) unless asked for the substitutes (``model.teacher=distilled``,
+        ``model.penalty=off``). ``auto``: the paper's, except with a random-init backbone (the
+        synthetic set), where a teacher distilled from it and no penalty are the only consistent
+        choice (a file given is used all the same)."""
+        substitute = weights_kind == "random"
+        teacher = self.teacher_setting
+        if teacher == "auto":
+            teacher = "distilled" if substitute and self.teacher_weights is None else "pretrained"
+        penalty = self.penalty_setting
+        if penalty == "auto":
+            penalty = "off" if substitute and self.penalty_dir is None else "imagenette"
+        missing = []
+        if teacher == "pretrained" and self.teacher_weights is None:
+            missing.append(
+                f"model.teacher_weights=/path/to/pretrained_teacher_{self.model_size}.pth (anomalib's "
+                "efficientad_pretrained_weights.zip)"
+            )
+        if penalty == "imagenette" and self.penalty_dir is None:
+            missing.append("model.penalty_dir=/path/to/imagenette2 (any ImageNet-like image folder)")
+        if missing:
+            raise TeacherWeightsNotFoundError(
+                "EfficientAD in the paper's setting needs " + " and ".join(missing) + ". Nothing is downloaded. "
+                "To run the substitute instead, ask for it explicitly: model.teacher=distilled (a teacher distilled "
+                "from the configured backbone on the training images) and/or model.penalty=off; records and "
+                "tables mark it as not the paper's EfficientAD."
+            )
+        return teacher, penalty
+
+    def check_files(self, weights_kind: str = "imagenet") -> None:
+        teacher, penalty = self.resolve_setting(weights_kind)
+        if teacher == "pretrained" and self.teacher_weights is not None:
             teacher_file(self.teacher_weights, self.model_size)
-        if self.penalty_dir is not None:
+        if penalty == "imagenette" and self.penalty_dir is not None:
             penalty_files(self.penalty_dir)
 
     def setup(self, ctx: RunContext) -> None:
@@ -309,9 +351,12 @@ class EfficientAd(AnomalyModel):
                 pad_maps=self.pad_maps,
             )
         self.model.to(ctx.device)
-        if self.teacher_weights is not None:
+        self.teacher_setting, self.penalty_setting = self.resolve_setting(ctx.backbone.weights.kind)
+        if self.teacher_setting == "pretrained":
+            assert self.teacher_weights is not None
             self.teacher_record = load_teacher(self.model.teacher, teacher_file(self.teacher_weights, self.model_size))
-        self.penalty = penalty_files(self.penalty_dir) if self.penalty_dir is not None else None
+        use_penalty = self.penalty_setting == "imagenette" and self.penalty_dir is not None
+        self.penalty = penalty_files(self.penalty_dir) if use_penalty else None
         if self.penalty is not None:
             folder = Path(self.penalty_dir).expanduser().resolve()
             self.penalty_record = {"dir": str(folder), "images": len(self.penalty)}
@@ -475,7 +520,7 @@ class EfficientAd(AnomalyModel):
 
     def fit(self, train: ImageSet, val: ImageSet) -> dict[str, Any]:
         with no_downloads():
-            if self.teacher_weights is None:
+            if self.teacher_setting == "distilled":
                 self._distil(train)
             self._teacher_mean_std(train)
             summary = self._train(train)
@@ -515,5 +560,8 @@ class EfficientAd(AnomalyModel):
             "input_size": getattr(self, "size", self.input_size),
             "teacher": self.teacher_record or {"source": "file" if self.teacher_weights else "distilled"},
             "penalty": self.penalty_record,
+            "teacher_setting": self.teacher_setting,
+            "penalty_setting": self.penalty_setting,
+            "paper_setting": self.teacher_setting == "pretrained" and self.penalty_setting == "imagenette",
             "penalty_grayscale": self.penalty_grayscale,
         }

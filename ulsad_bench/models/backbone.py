@@ -1,12 +1,21 @@
 """The one source of backbone networks and their weights, shared by every model.
 
-Weights (``backbone.weights``) are resolved offline, never downloaded:
+Weights (``backbone.weights``) are resolved offline, never downloaded, from one folder,
+:func:`weights_dir`: ``$TORCH_HOME/hub/checkpoints`` when ``TORCH_HOME`` is set, else
+``~/.cache/torch/hub/checkpoints`` (whatever ``XDG_CACHE_HOME`` says, so that ``make`` and a
+plain ``python`` look in the same place):
 
 ``imagenet``
-    torchvision's ImageNet weights (``IMAGENET1K_V1``) read from the torch hub cache
-    (``$TORCH_HOME/hub/checkpoints/<file>``, by default ``~/.cache/torch/hub/checkpoints``).
+    The ImageNet weights the paper's code used: timm's default pretrained tag, which the ULSAD
+    authors' code and anomalib (0.x and 2.x) load through ``timm.create_model(name,
+    pretrained=True)`` (:data:`TIMM_DEFAULT`; e.g. ``wide_resnet50_2.racm_in1k``, file
+    ``wide_resnet50_racm-8234f177.pth``). For VGG19, torchvision's file, as DFR's authors.
+``torchvision``
+    torchvision's ``IMAGENET1K_V1`` files (e.g. ``wide_resnet50_2-95faca4d.pth``).
     When the file is missing the run stops with a message naming the file, its URL and the
-    folder to put it in.
+    folder to put it in. A known file is verified: its sha256 must start with the hash in its
+    published name (as ``torch.hub`` checks); a mismatch is refused unless ``backbone.verify=false``,
+    which records the weights as unverified (marked in tables).
 ``random``
     Random initialisation, drawn from ``backbone.random_init_seed`` (not the run seed, so
     that every seed of a sweep sees the same frozen backbone and frozen features can be
@@ -21,6 +30,8 @@ record stores so that all models of a comparison can be checked to share one wei
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -44,10 +55,12 @@ class WeightsNotFoundError(FileNotFoundError):
 class WeightsInfo:
     """Where a backbone's weights came from."""
 
-    kind: str  # "imagenet" | "random" | "file"
+    kind: str  # "imagenet" | "torchvision" | "random" | "file"
     file: str | None = None
     sha256: str | None = None
     random_init_seed: int | None = None
+    source: str | None = None  # e.g. "timm wide_resnet50_2.racm_in1k", "torchvision IMAGENET1K_V1"
+    verified: bool | None = None  # the sha256 matches the published file's (None: nothing to check)
 
     @property
     def identity(self) -> str:
@@ -81,34 +94,91 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def imagenet_url(name: str) -> str:
+#: The weights ``timm.create_model(name, pretrained=True)`` loads in the timm the paper ran: the
+#: ULSAD authors' ``requirements.txt`` (L13) and anomalib 0.7's (``requirements/base.txt`` L13) both
+#: allow ``timm>=0.5.4,<=0.6.12``, whose ``timm/models/resnet.py`` default configs name these files
+#: (0.5.4 and 0.6.12 agree). timm 1.0 keeps them as the default tags (``wide_resnet50_2.racm_in1k``
+#: ...), except for resnet18, whose 1.0 default is ``a1_in1k`` (``tests/test_backbone.py`` checks
+#: this against the installed timm). Their parameter names are torchvision's.
+TIMM_DEFAULT = {
+    "wide_resnet50_2": (
+        "wide_resnet50_2.racm_in1k",
+        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/wide_resnet50_racm-8234f177.pth",
+    ),
+    "wide_resnet101_2": (
+        "wide_resnet101_2.tv_in1k",
+        "https://download.pytorch.org/models/wide_resnet101_2-32ee1156.pth",
+    ),
+    "resnet18": ("resnet18.tv_in1k", "https://download.pytorch.org/models/resnet18-5c106cde.pth"),
+    "resnet50": (
+        "resnet50.a1_in1k",
+        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-rsb-weights/resnet50_a1_0-14fe96d1.pth",
+    ),
+    "resnet152": (
+        "resnet152.a1h_in1k",
+        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-rsb-weights/resnet152_a1h-dc400468.pth",
+    ),
+}
+PUBLISHED_HASH = re.compile(r"-([0-9a-f]{8,64})\.pth$")
+
+
+class WeightsVerificationError(ValueError):
+    """A weights file at a published name does not have the published content."""
+
+
+def weights_dir() -> Path:
+    """The one folder pretrained weights are read from (see the module docstring)."""
+    home = os.environ.get("TORCH_HOME")
+    return (Path(home).expanduser() if home else Path.home() / ".cache" / "torch") / "hub" / "checkpoints"
+
+
+def torchvision_url(name: str) -> str:
     return torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
 
 
-def imagenet_cache_path(name: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / imagenet_url(name).rsplit("/", 1)[-1]
+def published_weights(name: str, kind: str) -> tuple[str, str]:
+    """``(url, source)`` of the published file that ``backbone.weights=<kind>`` means for ``name``."""
+    if kind == "imagenet" and name in TIMM_DEFAULT:
+        tag, url = TIMM_DEFAULT[name]
+        return url, f"timm {tag} (timm <= 0.6.12's default weights, as the authors' code and anomalib 0.7)"
+    return torchvision_url(name), "torchvision IMAGENET1K_V1"
 
 
-def resolve_weights(name: str, weights: str, random_init_seed: int = 0) -> WeightsInfo:
+def _published(name: str, kind: str, verify: bool) -> WeightsInfo:
+    url, source = published_weights(name, kind)
+    path = weights_dir() / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"{'ImageNet' if kind == 'imagenet' else 'torchvision'} weights for {name} ({source}) not found: "
+            f"{path.name} is not in {path.parent}. Nothing is downloaded at run time: download {url} and put it "
+            f"at {path} (the folder is $TORCH_HOME/hub/checkpoints, ~/.cache/torch/hub/checkpoints without "
+            f"TORCH_HOME), or pass backbone.weights=/path/to/{path.name}. To run without pretrained weights, "
+            "pass backbone.weights=random explicitly (records and tables will say so)."
+        )
+    sha256 = sha256_of(str(path))
+    expected = PUBLISHED_HASH.search(path.name)
+    verified = None if expected is None else sha256.startswith(expected.group(1))
+    if verified is False and verify:
+        raise WeightsVerificationError(
+            f"weights file {path} is not the published {path.name}: its sha256 {sha256} does not start with "
+            f"{expected.group(1) if expected else ''}. Replace it with {url}, or pass backbone.verify=false to use "
+            "it anyway (records and tables will mark the weights as unverified)."
+        )
+    return WeightsInfo(kind=kind, file=str(path), sha256=sha256, source=source, verified=verified)
+
+
+def resolve_weights(name: str, weights: str, random_init_seed: int = 0, verify: bool = True) -> WeightsInfo:
     """Find the weights a config asks for, without touching the network."""
     if name not in SUPPORTED:
         raise ValueError(f"unknown backbone {name!r}; supported: {', '.join(SUPPORTED)}")
     if weights == "random":
         return WeightsInfo(kind="random", random_init_seed=int(random_init_seed))
-    if weights == "imagenet":
-        path = imagenet_cache_path(name)
-        if not path.is_file():
-            raise WeightsNotFoundError(
-                f"ImageNet weights for {name} not found at {path}. Nothing is downloaded at run time: "
-                f"download {imagenet_url(name)} and put it at {path} (the folder follows $TORCH_HOME), "
-                f"or pass backbone.weights=/path/to/{path.name}. To run without pretrained weights, "
-                "pass backbone.weights=random explicitly (records and tables will say so)."
-            )
-        return WeightsInfo(kind="imagenet", file=str(path), sha256=sha256_of(str(path)))
+    if weights in ("imagenet", "torchvision"):
+        return _published(name, weights, verify)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsNotFoundError(
-            f"backbone.weights={weights!r} is neither 'imagenet', 'random' nor an existing file; "
+            f"backbone.weights={weights!r} is neither 'imagenet', 'torchvision', 'random' nor an existing file; "
             f"expected a torchvision state dict (.pth) for {name} at {path}"
         )
     return WeightsInfo(kind="file", file=str(path.resolve()), sha256=sha256_of(str(path.resolve())))

@@ -55,7 +55,7 @@ class RunContext:
     generator: torch.Generator = field(default_factory=torch.Generator)
 
     def backbone_spec(self, name: str) -> BackboneSpec:
-        """Another network under the job's weights policy (``imagenet`` or ``random``).
+        """Another network under the job's weights policy (``imagenet``, ``torchvision`` or ``random``).
 
         For models whose paper fixes its own backbone (DFR uses VGG19 whatever
         ``backbone=`` says). A weights *file* belongs to the configured backbone only.
@@ -70,7 +70,8 @@ class RunContext:
                 "use backbone.weights=imagenet (torch cache) or random"
             )
         seed = self.backbone.weights.random_init_seed or 0
-        return BackboneSpec(name, resolve_weights(name, kind, seed))
+        verify = self.backbone.weights.verified is not False  # the policy's backbone.verify
+        return BackboneSpec(name, resolve_weights(name, kind, seed, verify))
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -88,6 +89,9 @@ class AnomalyModel(ABC):
     #: False for models whose paper fixes their own backbone (DFR): the job then needs no
     #: weights file for ``backbone=``, only its weights policy (imagenet / random)
     uses_configured_backbone: bool = True
+    #: whether the model calibrates on a validation split (ULSAD's quantiles, EfficientAD's map
+    #: normalisation); models that do not train on every training image (``dataset.validation_for_all``)
+    uses_validation: bool = True
     #: the smallest ``dataset.image_size`` the model's networks take, and the number it must be a
     #: multiple of; checked before a job reads any data (:meth:`check_image_size`)
     min_image_size: int = 1
@@ -97,7 +101,7 @@ class AnomalyModel(ABC):
         """The network a model uses instead of ``backbone=`` (DFR: vgg19), or None."""
         return None
 
-    def check_files(self) -> None:
+    def check_files(self, weights_kind: str = "imagenet") -> None:
         """Raise, naming the file and the setting, when a file the model reads besides the
         backbone weights (a teacher, penalty images) is missing; for a sweep's pre-flight. None
         by default."""

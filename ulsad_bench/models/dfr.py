@@ -307,6 +307,7 @@ class Dfr(AnomalyModel):
     """DFR as a model of the harness (see the module docstring for every source)."""
 
     name = "dfr"
+    uses_validation = False  # nothing is calibrated: trains on every training image (anomalib)
     uses_configured_backbone = False  # VGG19, whatever backbone= says
     min_image_size = 16  # VGG19's four poolings before relu4_4 and the 4 x 4 regional windows
 

@@ -20,6 +20,8 @@ from .table import CPU_MARK, PARTIAL_MARK, SEED_MARK, Table, Value, value_of
 RANDOM_WARNING = "RANDOM-INIT BACKBONE: not comparable to the paper"
 TEST_VAL_WARNING = "VALIDATION ON TEST IMAGES: calibration/stopping saw the test set"
 DIRTY_WARNING = "RECORDS FROM UNCOMMITTED CODE (git tree with changes): see the notes"
+SUBSTITUTE_WARNING = "NOT THE PAPER'S SETTING (substitute teacher or penalty): see the notes"
+UNVERIFIED_WARNING = "UNVERIFIED BACKBONE WEIGHTS (sha256 not the published file's): see the notes"
 CONVENTIONS = (
     "Values in percent (throughput in images/s, memory in GB of 2^30 bytes): mean ± sample standard deviation "
     "(ddof = 1) over seeds; no ± for a single seed.",
@@ -55,6 +57,9 @@ class Audit:
         self.weights: dict[str, None] = {}
         self.cpu_memory = False
         self.dirty: dict[str, None] = {}
+        self.crops: dict[str, str] = {}
+        self.substitutes: dict[str, str] = {}
+        self.unverified: dict[str, None] = {}
         self.extra_warnings: list[str] = []
         self.extra_notes: list[str] = []
 
@@ -101,6 +106,15 @@ class Audit:
                 self.val_test[head] = str(source)
         if "dirty" in frame and frame["dirty"].any():
             self.dirty[where] = None
+        if "center_crop" in frame:
+            for crop, size in set(zip(frame["center_crop"], frame["image_size"], strict=True)):
+                if crop is not None and crop == crop:  # not None / NaN
+                    self.crops[head] = f"{head} ({int(crop)} of {size} px)"
+        if "substitute" in frame:
+            for text in set(frame["substitute"]) - {""}:
+                self.substitutes[head] = f"{head}: {text}"
+        if "weights_unverified" in frame and frame["weights_unverified"].any():
+            self.unverified[head] = None
         every = self.results.scope(**scope)
         for path, status, seed, error in zip(
             every["path"], every["status"], every["seed"], every["error"], strict=True
@@ -148,6 +162,10 @@ class Audit:
             warnings.append("CONFLICTING RECORDS LEFT OUT: see the notes")
         if self.dirty:
             warnings.append(DIRTY_WARNING)
+        if self.substitutes:
+            warnings.append(SUBSTITUTE_WARNING)
+        if self.unverified:
+            warnings.append(UNVERIFIED_WARNING)
         table.warnings = warnings + self.extra_warnings
         notes = list(CONVENTIONS)
         if per:
@@ -179,6 +197,22 @@ class Audit:
             notes.append(f"Conflicts (left out): {_short_list(list(self.conflicts.values()))}.")
         if self.weights:
             notes.append(f"Backbone weights: {', '.join(self.weights)}.")
+        if self.crops:
+            notes.append(
+                "Evaluated on centre crops (images and masks, after the resize; anomalib 0.7's PatchCore setting): "
+                + "; ".join(self.crops.values())
+                + "."
+            )
+        if self.substitutes:
+            notes.append(
+                "Not the paper's EfficientAD (a teacher distilled on the training images instead of anomalib's "
+                f"pretrained one, or no ImageNette penalty): {'; '.join(self.substitutes.values())}."
+            )
+        if self.unverified:
+            notes.append(
+                "Backbone weights whose sha256 is not the published file's (backbone.verify=false): "
+                f"{', '.join(self.unverified)}."
+            )
         if self.dirty:
             notes.append(
                 "Made from a git tree with uncommitted changes (the commit in the record does not say which code "

@@ -127,6 +127,16 @@ def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     }
     row["val_on_test"] = "TEST" in row["val_source"]
     row["dirty"] = is_dirty(record)
+    data = record.get("data") or {}
+    row["center_crop"] = data.get("center_crop")
+    row["image_size"] = (config.get("dataset") or {}).get("image_size")
+    row["weights_unverified"] = weights.get("verified") is False
+    hyper = record.get("hyperparameters") or {}
+    row["substitute"] = (
+        f"teacher {hyper.get('teacher_setting')}, penalty {hyper.get('penalty_setting')}"
+        if hyper.get("paper_setting") is False
+        else ""
+    )
     for metric in RECORD_METRICS:
         row[metric] = _pct(metrics.get(metric))
     by_kind = record.get("metrics_by_kind") or {}

@@ -3,12 +3,18 @@
 Paper values (Section 4.1): Wide-ResNet-50-2 layers 2 and 3, c* = 384, 256 x 256 images,
 Adam with learning rate 2e-4 and weight decay 2e-5, 200 epochs, alpha = 0.9, beta = 0.995,
 lambda_l = lambda_g = 0.5 (Table 3, last row). From the authors' code, where the paper is
-silent: batch size 8, Gaussian blur of the upsampled maps with sigma 4 (at 256 px; scaled
-with the image size by default) after the quantile normalisation, quantiles computed on maps
-upsampled to the image size (before the blur).
+silent: batch size 8 with the last partial batch dropped (their training loader's
+``drop_last=True``; ``drop_last``), Gaussian blur of the upsampled maps with sigma 4 (at 256 px;
+scaled with the image size by default), quantiles computed on the upsampled *and blurred* maps
+(their forward pass in eval mode with the quantiles unset returns the blurred maps, and those
+are what the quantiles are taken from; ``quantiles_on=blurred``; ``upsampled`` takes them before
+the blur). The blur is linear, so blurring before or after the affine normalisation gives the
+same maps; only where the quantiles are taken matters.
 Unlike the authors' configs, the quantiles come from the validation split, never from the
-test set (see ``dataset.val_split``), and training always runs the fixed number of epochs
-(no early stopping on test metrics).
+test set (see ``dataset.val_split``), and training runs the fixed number of epochs and tests
+the last one. The authors' configs validate on the test set every epoch and test the
+checkpoint with the best test image AUROC over all epochs (``ModelCheckpoint(monitor=
+image_AUROC, mode=max)`` with validation = test); they do not early-stop.
 
 Speed: ULSAD uses no training-time augmentation and its backbone is frozen, so the patch
 features U are extracted once per (images, backbone, weights, layers, c*, size) through the
@@ -44,6 +50,7 @@ from .networks import FeatureAggregator, FeatureReconstructionNetwork, GlobalAut
 
 LOSS_PG = ("attention", "l2", "none")
 BRANCHES = ("both", "local", "global")
+QUANTILES_ON = ("blurred", "upsampled")
 
 
 def resolve_output_relu(setting: bool | str, weights_kind: str) -> bool:
@@ -83,7 +90,11 @@ class Ulsad(AnomalyModel):
         feature_batch_size: int = 32,
         reuse_trained: bool = True,
         cache_attention_target: bool = True,
+        drop_last: bool = True,
+        quantiles_on: str = "blurred",
     ) -> None:
+        if quantiles_on not in QUANTILES_ON:
+            raise ValueError(f"quantiles_on must be one of {QUANTILES_ON}, got {quantiles_on!r}")
         if loss_pg not in LOSS_PG:
             raise ValueError(f"loss_pg must be one of {LOSS_PG}, got {loss_pg!r}")
         if branch not in BRANCHES:
@@ -116,6 +127,8 @@ class Ulsad(AnomalyModel):
         self.feature_batch_size = int(feature_batch_size)
         self.reuse_trained = bool(reuse_trained)
         self.cache_attention_target = bool(cache_attention_target)
+        self.drop_last = bool(drop_last)
+        self.quantiles_on = quantiles_on
         self.quantiles: dict[str, float] = {}
 
     # ------------------------------------------------------------------ set-up
@@ -258,13 +271,21 @@ class Ulsad(AnomalyModel):
         if targets is None and features is not None and self.loss_pg == "attention" and self.cache_attention_target:
             targets = self.attention_targets(features)
         generator = torch.Generator().manual_seed(self.ctx.seed)
+        # The authors' loader drops the last partial batch (drop_last=True); a batch of one would
+        # also break the batch norm of the global autoencoder's 1 x 1 bottleneck.
+        usable = len(train) - (len(train) % self.batch_size if self.drop_last else 0)
+        if usable == 0:
+            raise ValueError(
+                f"ULSAD: {len(train)} training images are fewer than model.batch_size={self.batch_size} with "
+                "model.drop_last=true: no full batch to train on; lower model.batch_size"
+            )
         history: list[dict[str, float]] = []
         bar = tqdm(range(epochs), desc="ulsad: train", leave=False, disable=not self.ctx.progress)
         for epoch in bar:
             sums: dict[str, float] = {}
             steps = 0
             order = torch.randperm(len(train), generator=generator)
-            for start in range(0, len(train), self.batch_size):
+            for start in range(0, usable, self.batch_size):
                 batch_idx = order[start : start + self.batch_size]
                 x = self._to_device(images[batch_idx.to(images.device)].float().div_(255.0))
                 if features is None:
@@ -319,6 +340,7 @@ class Ulsad(AnomalyModel):
                     "loss_lg",
                     "epochs",
                     "batch_size",
+                    "drop_last",
                     "lr",
                     "weight_decay",
                 )
@@ -388,16 +410,20 @@ class Ulsad(AnomalyModel):
     def calibrate(self, val: ImageSet) -> None:
         """Quantiles q_alpha, q_beta of the pooled validation maps, per branch (Section 3.5).
 
-        Exact quantiles (numpy, linear interpolation) over every pixel of every upsampled
-        validation map; the authors subsample to 2^24 values for ``torch.quantile``.
+        Exact quantiles (numpy, linear interpolation) over every pixel of every upsampled and
+        (``quantiles_on=blurred``, the authors' code) blurred validation map; the authors
+        subsample to 2^24 values for ``torch.quantile``.
         """
         self.eval()
         features = self.features(val)
         local_maps, global_maps = [], []
         for idx, images in val.batches(self.feature_batch_size):
             local, global_ = self.raw_maps(self._standardize(features[idx]), self._to_device(images))
-            local_maps.append(self._upsample(local).cpu().numpy().ravel())
-            global_maps.append(self._upsample(global_).cpu().numpy().ravel())
+            for raw, pooled in ((local, local_maps), (global_, global_maps)):
+                upsampled = self._upsample(raw)
+                if self.quantiles_on == "blurred":
+                    upsampled = self.blur(upsampled[:, None])[:, 0]
+                pooled.append(upsampled.cpu().numpy().ravel())
         for name, maps in (("local", local_maps), ("global", global_maps)):
             pooled = np.concatenate(maps).astype(np.float64)
             q_alpha, q_beta = np.quantile(pooled, [self.alpha, self.beta])
@@ -449,5 +475,7 @@ class Ulsad(AnomalyModel):
             "weight_decay": self.weight_decay,
             "optimizer": "Adam",
             "blur_sigma": self.blur_sigma,
+            "drop_last": self.drop_last,
+            "quantiles_on": self.quantiles_on,
             "quantiles": dict(self.quantiles),
         }
