@@ -132,6 +132,8 @@ def test_efficientad_with_distilled_teacher_detects_structural_anomalies(
     assert hp["teacher"]["weights"] == record["weights"] == {"kind": "random", "random_init_seed": 0}
     assert hp["teacher"]["steps"] == 1 and hp["teacher"]["layers"] == ["layer2", "layer3"]
     assert hp["penalty"] == "off"
+    # model.teacher=auto / model.penalty=auto with a random-init backbone: the substitutes, recorded as such
+    assert (hp["teacher_setting"], hp["penalty_setting"], hp["paper_setting"]) == ("distilled", "off", False)
     assert (hp["steps"], hp["batch_size"], hp["input_size"], hp["model_size"]) == (3, 1, 256, "small")
     assert (hp["lr"], hp["weight_decay"], hp["map_quantiles"]) == (1e-4, 1e-5, [0.9, 0.995])
     assert record["fit"]["steps"] == 3 and record["fit"]["val_images"] > 0

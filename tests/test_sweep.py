@@ -139,7 +139,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_cfg, tmp_path: Path) -> N
         tiny_cfg("model=ulsad", "model.feature_dim=16", "model.epochs=2", "model.lr=1e30"), tmp_path / "run"
     )
     assert record["status"] == "failed"
-    assert "FloatingPointError" in record["error"] and "epoch 1" in record["error"]
+    assert "FloatingPointError" in record["error"] and "ULSAD loss became nan at epoch" in record["error"]
 
 
 class FakeRun:

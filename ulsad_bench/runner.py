@@ -325,7 +325,7 @@ def _execute(cfg: DictConfig, record: dict[str, Any], files_dir: Path, splits: S
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _listed_splits(cfg: DictConfig) -> Splits | None:
