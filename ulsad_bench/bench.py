@@ -30,7 +30,7 @@ from .environment import describe_device, resolve_device, seed_everything
 from .models.backbone import resolve_weights
 from .profiling import profile_inference, synchronize
 from .records import write_json_atomic
-from .runner import build_model, load_data, make_context
+from .runner import build_model, crop_for_model, load_data, make_context
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Short training for the iterative models: inference cost does not depend on it (nor on where
@@ -85,6 +85,7 @@ def bench_model(name: str, args: argparse.Namespace, epoch_timing: bool) -> dict
         str(cfg.backbone.name), str(cfg.backbone.weights), 0, bool(cfg.backbone.get("verify", True))
     )
     _, train, val, test = load_data(cfg)
+    train, val, test = crop_for_model(cfg, train, val, test)  # PatchCore at its 224-of-256 crop, as it runs
     model = build_model(cfg.model)
     model.setup(make_context(cfg, device, weights))
     feature_s = None

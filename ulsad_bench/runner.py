@@ -164,6 +164,13 @@ def model_image_size(cfg: DictConfig) -> int:
     return crop if crop is not None else int(cfg.dataset.image_size)
 
 
+def crop_for_model(cfg: DictConfig, *sets: ImageSet) -> tuple[ImageSet, ...]:
+    """The image sets as the model sees them: centre-cropped after the resize when
+    ``model.center_crop`` is set, identically for images, masks and channels (anomalib 0.7)."""
+    crop = center_crop_of(cfg)
+    return sets if crop is None else tuple(images.center_crop(crop) for images in sets)
+
+
 def load_data(cfg: DictConfig, splits: Splits | None = None) -> tuple[Splits, ImageSet, ImageSet, ImageSet]:
     """The category's splits (built here unless given) and their decoded images (test with masks
     and, for MVTec LOCO, ground-truth channels), centre-cropped when the model asks for it."""
@@ -277,10 +284,8 @@ def _execute(cfg: DictConfig, record: dict[str, Any], files_dir: Path, splits: S
     notes = attach_channels(splits, test, str(cfg.dataset.get("resize", "cv2_linear")))
     if notes:
         record["metric_notes"] = notes
-    crop = center_crop_of(cfg)
-    if crop is not None:  # after the resize, identical for images, masks and channels (anomalib 0.7)
-        train, val, test = (images.center_crop(crop) for images in (train, val, test))
-    record["data"]["center_crop"] = crop
+    train, val, test = crop_for_model(cfg, train, val, test)
+    record["data"]["center_crop"] = center_crop_of(cfg)
     record["data"]["resize"] = str(cfg.dataset.get("resize", "cv2_linear"))
     progress = bool(cfg.progress)
 
