@@ -72,14 +72,15 @@ def tiny_mvtec(root: Path, n_train: int = 10) -> Path:
     return root
 
 
-def mvtec_cfg(root: Path, cache: Path, *overrides: str) -> DictConfig:
-    """The real config on :func:`tiny_mvtec`'s layout (PaDiM, resnet18 random, 32 px, no profiling)."""
+def mvtec_cfg(root: Path, cache: Path, *overrides: str, dataset: str = "mvtec", category: str = "bottle") -> DictConfig:
+    """The real config on a tiny real-layout dataset (default :func:`tiny_mvtec`'s; PaDiM, resnet18
+    random, 32 px, no profiling)."""
     return compose_config(
         [
-            "dataset=mvtec",
+            f"dataset={dataset}",
             f"dataset.root={root}",
-            "dataset.category=bottle",
-            "dataset.categories=[bottle]",
+            f"dataset.category={category}",
+            f"dataset.categories=[{category}]",
             "dataset.image_size=32",
             "backbone=resnet18",
             "backbone.weights=random",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import compose_config
+from tests.conftest import mvtec_cfg
 from ulsad_bench import runner
 from ulsad_bench.data import DatasetError, Sample
 from ulsad_bench.data.channels import load_channels, read_defects_config
@@ -51,22 +51,7 @@ def _loco(root: Path, with_config: bool = True) -> Path:
 
 
 def _cfg(root: Path, cache: Path, *overrides: str):
-    return compose_config(
-        [
-            "dataset=mvtec_loco",
-            f"dataset.root={root}",
-            "dataset.category=box",
-            "dataset.categories=[box]",
-            "dataset.image_size=32",
-            "backbone=resnet18",
-            "backbone.weights=random",
-            "model=padim",
-            f"cache_dir={cache}",
-            "progress=false",
-            "profile.enabled=false",
-            *overrides,
-        ]
-    )
+    return mvtec_cfg(root, cache, *overrides, dataset="mvtec_loco", category="box")
 
 
 def test_channels_carry_relative_and_absolute_saturation(tmp_path: Path) -> None:
