@@ -172,8 +172,9 @@ def crop_for_model(cfg: DictConfig, *sets: ImageSet) -> tuple[ImageSet, ...]:
 
 
 def load_data(cfg: DictConfig, splits: Splits | None = None) -> tuple[Splits, ImageSet, ImageSet, ImageSet]:
-    """The category's splits (built here unless given) and their decoded images (test with masks
-    and, for MVTec LOCO, ground-truth channels), centre-cropped when the model asks for it."""
+    """The category's splits (built here unless given) and their decoded images at
+    ``dataset.image_size`` (test with masks). The model's centre crop and MVTec LOCO's channels
+    are applied on top (:func:`crop_for_model`, :func:`attach_channels`)."""
     splits = splits if splits is not None else job_splits(cfg)
     size, progress = int(cfg.dataset.image_size), bool(cfg.progress)
     resize = check_resize(str(cfg.dataset.get("resize", "cv2_linear")))
@@ -212,7 +213,10 @@ def configured_weights(cfg: DictConfig, resolve_file: bool = True) -> WeightsInf
     verify = bool(cfg.backbone.get("verify", True))
     if resolve_file or weights not in ("imagenet", "torchvision", "random"):
         return resolve_weights(name, weights, seed, verify)
-    return WeightsInfo(kind=weights, random_init_seed=seed if weights == "random" else None, verified=verify)
+    # a policy only: nothing verified yet; verified=False carries backbone.verify=false to the model's own network
+    return WeightsInfo(
+        kind=weights, random_init_seed=seed if weights == "random" else None, verified=None if verify else False
+    )
 
 
 SEED_RANGE = 2**32
