@@ -29,9 +29,11 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from hydra.errors import HydraException
+
     try:
         sys.argv = [sys.argv[0], *sweep.expand_all_categories(sys.argv[1:])]
-    except ValueError as err:
+    except (ValueError, HydraException) as err:
         sys.exit(f"run.py: {err}")
     main()
     if sweep.LAST_OUTCOME is not None and sweep.sweep_failed(sweep.LAST_OUTCOME):

@@ -102,19 +102,17 @@ def test_interrupted_sweep_rerun_completes_every_record_exactly_once(shared_cach
 def test_summary_distinguishes_ran_skipped_failed_missing_and_busy(tmp_path: Path, monkeypatch) -> None:
     from ulsad_bench.sweep import SWEEP_ID_ENV, write_outcome
 
-    since = time.time()
-    for name in ("ran", "failed", "missing", "skipped", "busy", "other_sweep"):
-        (tmp_path / name / ".hydra").mkdir(parents=True)
-        (tmp_path / name / ".hydra" / "config.yaml").write_text("{}")
-    os.utime(tmp_path / "other_sweep" / ".hydra" / "config.yaml", (since - 100, since - 100))
     monkeypatch.setenv(SWEEP_ID_ENV, "this")
+    for name in ("ran", "failed", "missing", "skipped", "busy"):
+        write_outcome(tmp_path / name, "started")
     write_outcome(tmp_path / "ran", "ran")
     write_outcome(tmp_path / "failed", "failed", "boom")
     write_outcome(tmp_path / "skipped", "skipped", "same config hash")
-    write_outcome(tmp_path / "busy", "locked", "pid 7 on host")
+    write_outcome(tmp_path / "busy", "locked", "pid 7 on host")  # "missing" stays "started": it was killed
     monkeypatch.setenv(SWEEP_ID_ENV, "another")
-    write_outcome(tmp_path / "other_sweep", "ran")  # another sweep's job is not this sweep's
-    outcome = summarize_sweep(tmp_path, "this", since)
+    write_outcome(tmp_path / "other_sweep", "started")  # another sweep's jobs are not this sweep's
+    write_outcome(tmp_path / "ran", "started")
+    outcome = summarize_sweep(tmp_path, "this")
     assert outcome == {
         "ran": ["ran"],
         "skipped": ["skipped"],
@@ -391,3 +389,13 @@ def test_make_sweep_exits_non_zero_when_a_job_failed_and_still_writes_tables(tmp
     code = sweep.main(["dataset=synthetic", "models=padim", "seeds=0", f"results={tmp_path}", "--", *TINY_DATA])
     assert code == 1
     assert [c[1] if "run.py" in c[1] else c[2] for c in launched] == [str(REPO / "run.py"), "ulsad_bench.report"]
+
+
+def test_sweeps_and_flags_in_the_arguments_do_not_break_the_expansion(monkeypatch, capsys) -> None:
+    from ulsad_bench.sweep import expand_all_categories, main
+
+    expanded = expand_all_categories(["-m", "--cfg", "job", "dataset.category=all", "backbone=resnet18,resnet50"])
+    assert "dataset.category=texture,pinbox" in expanded
+    _no_launch(monkeypatch)
+    assert main(["dataset=visa", "models=padim", "--", "model.n_features=10,20"]) == 2  # no root: refused, no crash
+    assert "DATASET_ROOT=/path/to/visa" in capsys.readouterr().err

@@ -8,7 +8,8 @@ never read a half-written file; ``<hash>.json`` beside it says what the entry is
 
 The folder is bounded (``cache.max_gb``): after each write the least recently used entries
 (by modification time, which a hit refreshes) are deleted until the folder fits, never the
-entry just written. An evicted entry is recomputed when next needed, with the same values.
+entry just written. An evicted entry is recomputed when next needed, with the same values. (A hit
+served from the in-process memory copy does not touch the file.)
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def cache_entries(directory: Path) -> list[tuple[float, int, Path]]:
     """``(last use, bytes, path)`` of every ``*.pt`` entry in ``directory``, least recent first."""
     entries = []
     for path in Path(directory).glob("*.pt"):
+        if path.name.startswith("."):  # another process's entry being written (.tmp-*.pt)
+            continue
         try:
             stat = path.stat()
         except FileNotFoundError:  # evicted by another process meanwhile

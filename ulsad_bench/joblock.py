@@ -63,7 +63,7 @@ class JobLock:
             except BlockingIOError:
                 os.close(fd)
                 tries -= 1
-                if tries > 0:  # a momentary shared probe (is_locked) is not a holder
+                if tries > 0:  # a holder that is just releasing: look again
                     time.sleep(0.05)
                     continue
                 self.holder = _holder_of(self.path)
@@ -109,21 +109,3 @@ class JobLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
-
-
-def is_locked(run_dir: Path) -> dict[str, Any] | None:
-    """The holder when a live process holds ``run_dir``'s lock, else None (no file, or a stale one)."""
-    path = Path(run_dir) / LOCK_NAME
-    if not path.is_file():
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _holder_of(path) or {"pid": None}
-    finally:
-        os.close(fd)
-    return None

@@ -1,7 +1,11 @@
-"""Image AUROC, pixel AUROC and AUPRO: one implementation used for every model.
+"""Every metric of a test set, one implementation used for every model: image and pixel AUROC,
+AP and F1-max, AUPRO and MVTec LOCO's sPRO (:func:`score_test_set`, :func:`evaluate`).
 
-All functions take numpy arrays and return a float in [0, 1]. They are exact: every distinct
-score is a threshold (no binning), ties count one half, as in the Mann-Whitney statistic.
+All functions take numpy arrays; the metrics are fractions in [0, 1] (F1-max also returns its
+threshold). They are exact: every distinct score is a threshold (no binning), ties count one
+half in the AUROC (Mann-Whitney) and are handled as sklearn does in AP and F1-max. All pixel
+metrics of a test set rank the anomalous pixels against one sort of the normal pixels
+(:class:`Ranked`).
 
 ``aupro`` follows the MVTec AD evaluation script (Bergmann et al.): regions are the
 8-connected components of each ground-truth mask; the per-region overlap is averaged over
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -36,7 +41,7 @@ def _check(target: np.ndarray, score: np.ndarray, what: str) -> tuple[np.ndarray
     return target.astype(bool).ravel(), score.ravel()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Ranked:
     """Positives ranked against negatives: one entry per distinct positive score, descending.
 
@@ -62,11 +67,11 @@ class Ranked:
     n_pos: int
     n_neg: int
 
-    @property
+    @cached_property
     def cum_tp(self) -> np.ndarray:
         return np.cumsum(self.tp)
 
-    @property
+    @cached_property
     def cum_fp(self) -> np.ndarray:
         """Negatives at or above each threshold."""
         return self.neg_above + self.neg_equal
@@ -83,6 +88,8 @@ def sorted_negatives(fresh: np.ndarray) -> np.ndarray:
 def rank(positive_scores: np.ndarray, negatives_sorted: np.ndarray, weights: np.ndarray | None = None) -> Ranked:
     """Rank positives against the (ascending) sorted negatives; see :class:`Ranked`."""
     positive_scores = np.asarray(positive_scores).ravel()
+    if positive_scores.size == 0:
+        raise ValueError("rank: no positives to rank (no anomalous pixels, images or channel pixels)")
     order = np.argsort(positive_scores, kind="stable")[::-1]  # descending without negating (unsigned ints)
     ordered = positive_scores[order]
     starts = np.concatenate(([0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1)).astype(np.int64)

@@ -201,14 +201,6 @@ def new_attempt_dir(run_dir: Path) -> Path:
     return path
 
 
-def failed_attempts(run_dir: Path) -> list[RecordRead]:
-    """The failed attempts kept beside ``run_dir``'s ok record, oldest first."""
-    folder = Path(run_dir) / ATTEMPTS_DIR
-    if not folder.is_dir():
-        return []
-    return [inspect_record(p) for p in sorted(folder.glob(f"*/{RECORD_NAME}"))]
-
-
 # ----------------------------------------------------------------------------- resume
 
 
@@ -268,8 +260,8 @@ def resume_check(
     versions_now: Mapping[str, Any],
 ) -> tuple[bool, str]:
     """``(skip, reason)``: whether an existing ok ``record`` makes the job unnecessary, and why
-    (or why not). ``fingerprint`` None skips the data comparison (the data could not be listed:
-    the job then runs and reports the error itself)."""
+    (or why not). ``fingerprint`` None (the data could not be listed) means re-run: the job then
+    meets the same error and records it."""
     if mode == "off":
         return False, "resume=false"
     if record is None or record.get("status") != "ok":

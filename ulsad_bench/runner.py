@@ -131,6 +131,11 @@ def save_map_preview(
     np.savez_compressed(run_dir / "maps.npz", **payload)
 
 
+def resize_of(cfg: DictConfig) -> str:
+    """``dataset.resize`` (checked), OpenCV's INTER_LINEAR when a config predates it."""
+    return check_resize(str(cfg.dataset.get("resize", "cv2_linear")))
+
+
 def model_class(cfg: DictConfig) -> type[AnomalyModel]:
     """The configured model's class (``model._target_``), without building it."""
     cls = get_class(str(cfg.model._target_))
@@ -177,8 +182,7 @@ def load_data(cfg: DictConfig, splits: Splits | None = None) -> tuple[Splits, Im
     are applied on top (:func:`crop_for_model`, :func:`attach_channels`)."""
     splits = splits if splits is not None else job_splits(cfg)
     size, progress = int(cfg.dataset.image_size), bool(cfg.progress)
-    resize = check_resize(str(cfg.dataset.get("resize", "cv2_linear")))
-    options = {"progress": progress, "resize": resize}
+    options = {"progress": progress, "resize": resize_of(cfg)}
     train = load_image_set(splits.train, size, with_masks=False, desc="read train", **options)
     val = load_image_set(splits.val, size, with_masks=False, desc="read val", **options)
     test = load_image_set(splits.test, size, with_masks=True, desc="read test", **options)
@@ -265,13 +269,16 @@ def validate_job(cfg: DictConfig) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ValueError(f"dataset.image_size={size!r}: expected a positive integer (pixels)")
     model_class(cfg).check_image_size(model_image_size(cfg))
-    check_resize(str(cfg.dataset.get("resize", "cv2_linear")))
+    resize_of(cfg)
     resume_mode(cfg.get("resume", "strict"))
 
 
-def _execute(cfg: DictConfig, record: dict[str, Any], files_dir: Path, splits: Splits | None) -> None:
-    """The job itself; its files (predictions, maps) go to ``files_dir``. ``splits``: the
-    category's splits when the resume check listed them already."""
+def _execute(
+    cfg: DictConfig, record: dict[str, Any], files_dir: Path, splits: Splits | None, fingerprint: dict[str, Any] | None
+) -> None:
+    """The job itself; its files (predictions, maps) go to ``files_dir``. ``splits`` and
+    ``fingerprint``: the category's splits and their fingerprint when the resume check listed
+    them already."""
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     device = resolve_device(str(cfg.device))
     record["device"] = describe_device(device)
@@ -283,14 +290,18 @@ def _execute(cfg: DictConfig, record: dict[str, Any], files_dir: Path, splits: S
     splits, train, val, test = load_data(cfg, splits)
     load_s = time.perf_counter() - start
     record["data"] = splits.counts()
-    record["data_fingerprint"] = splits.fingerprint()
+    record["data_fingerprint"] = fingerprint if fingerprint is not None else splits.fingerprint()
     record["val_source"] = splits.val_source
-    notes = attach_channels(splits, test, str(cfg.dataset.get("resize", "cv2_linear")))
+    notes = attach_channels(splits, test, resize_of(cfg))
+    channels = len(test.channels or [])
+    train, val, test = crop_for_model(cfg, train, val, test)
+    if channels > len(test.channels or []):
+        lost = channels - len(test.channels or [])
+        notes["spro_crop"] = f"{lost} ground-truth channels lie outside the model's centre crop and are left out"
     if notes:
         record["metric_notes"] = notes
-    train, val, test = crop_for_model(cfg, train, val, test)
     record["data"]["center_crop"] = center_crop_of(cfg)
-    record["data"]["resize"] = str(cfg.dataset.get("resize", "cv2_linear"))
+    record["data"]["resize"] = resize_of(cfg)
     progress = bool(cfg.progress)
 
     model.setup(make_context(cfg, device, weights))
@@ -420,12 +431,18 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "started": _now(),
     }
+    write_outcome(run_dir, "started")
     try:
         validate_job(cfg)
     except Exception as err:  # a bad setting fails this job, named, before any data is read
         _fail(record, err, cfg)
         record["finished"] = _now()
-        _keep_failure(new_attempt_dir(run_dir), run_dir, record)
+        with JobLock(run_dir) as lock:  # never touch a record another process is writing
+            attempt = new_attempt_dir(run_dir)
+            if lock.acquired:
+                _keep_failure(attempt, run_dir, record)
+            else:
+                write_record(attempt, record)
         write_outcome(run_dir, "failed", record["error"])
         if cfg.get("fail_fast", False):
             raise
@@ -451,7 +468,7 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
             log.info("re-running (%s): %s", why, run_dir)
         attempt_dir = new_attempt_dir(run_dir)
         try:
-            _execute(cfg, record, attempt_dir, splits)
+            _execute(cfg, record, attempt_dir, splits, fingerprint)
             record["status"] = "ok"
         except Exception as err:  # one job's failure is recorded, never lost, never fatal to a sweep
             _fail(record, err, cfg)

@@ -57,19 +57,14 @@ def write_outcome(run_dir: Path, outcome: str, detail: str = "") -> None:
     write_json_atomic(Path(run_dir) / OUTCOMES_DIR / f"{sweep_id}.json", payload)
 
 
-def summarize_sweep(sweep_dir: Path, sweep_id: str, since: float) -> dict[str, list[str]]:
-    """What happened to the jobs of sweep ``sweep_id`` started at time ``since`` (epoch seconds).
-
-    A job of this sweep is a run folder with an outcome file of this sweep, or whose
-    ``.hydra/config.yaml`` Hydra wrote after ``since`` (the job started); a started job without an
-    outcome was killed (``missing``).
-    """
+def summarize_sweep(sweep_dir: Path, sweep_id: str) -> dict[str, list[str]]:
+    """What happened to the jobs of sweep ``sweep_id``: one outcome file per job of this sweep
+    (written ``started`` when the job begins, then its end); a job still ``started`` when the
+    sweep ends was killed (``missing``). Other sweeps' jobs in the same folder are not counted."""
     outcome: dict[str, list[str]] = {name: [] for name in OUTCOMES}
     sweep_dir = Path(sweep_dir)
-    seen: set[Path] = set()
     for path in sorted(sweep_dir.rglob(f"{OUTCOMES_DIR}/{sweep_id}.json")):
         run_dir = path.parent.parent
-        seen.add(run_dir)
         try:
             payload = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -78,19 +73,13 @@ def summarize_sweep(sweep_dir: Path, sweep_id: str, since: float) -> dict[str, l
         name = payload.get("outcome") if payload.get("outcome") in OUTCOMES else "missing"
         detail = payload.get("detail") or ""
         outcome[name].append(f"{label}: {detail}" if detail and name in ("failed", "locked") else label)
-    for hydra_dir in sorted(sweep_dir.rglob(".hydra")):
-        started = hydra_dir / "config.yaml"  # rewritten by Hydra whenever a job starts in this folder
-        run_dir = hydra_dir.parent
-        if run_dir in seen or not started.is_file() or started.stat().st_mtime < since - 1:
-            continue
-        outcome["missing"].append(str(run_dir.relative_to(sweep_dir)))
     return outcome
 
 
 def format_summary(outcome: dict[str, list[str]]) -> str:
     lines = [
         f"sweep summary: {len(outcome['ran'])} ran, {len(outcome['skipped'])} skipped (already done), "
-        f"{len(outcome['failed'])} failed, {len(outcome['missing'])} missing (no record), "
+        f"{len(outcome['failed'])} failed, {len(outcome['missing'])} missing (killed before the end), "
         f"{len(outcome['locked'])} left to another process (running there)"
     ]
     lines += [f"  FAILED  {item}" for item in outcome["failed"]]
@@ -108,17 +97,15 @@ class SweepSummary(Callback):
     sweep's outcome when it ends."""
 
     def __init__(self) -> None:
-        self.started = time.time()
         self.sweep_id = ""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = time.time()
         self.sweep_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         os.environ[SWEEP_ID_ENV] = self.sweep_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global LAST_OUTCOME
-        LAST_OUTCOME = summarize_sweep(Path(config.hydra.sweep.dir), self.sweep_id, self.started)
+        LAST_OUTCOME = summarize_sweep(Path(config.hydra.sweep.dir), self.sweep_id)
         os.environ.pop(SWEEP_ID_ENV, None)
         print(format_summary(LAST_OUTCOME), flush=True)
 
@@ -127,9 +114,30 @@ class SweepSummary(Callback):
 
 
 def _parse(argv: Iterable[str]) -> list[Any]:
+    """Hydra overrides among command-line arguments (flags such as ``-m``, ``--cfg job``, ``-cn x``
+    are not overrides: anything without ``=`` or starting with ``-`` is left out)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    return OverridesParser.create().parse_overrides([a for a in argv if a not in ("-m", "--multirun")])
+    return OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+
+
+def fixed_overrides(argv: Iterable[str], keep_category: bool = False) -> list[str]:
+    """The overrides to compose one job's config with: no Hydra settings and no sweeps (a sweep
+    over the dataset or an experiment preset is refused: their categories differ)."""
+    fixed = []
+    for override in _parse(argv):
+        key = override.key_or_group
+        if key.startswith("hydra") or (key == "dataset.category" and not keep_category):
+            continue
+        if override.is_sweep_override():
+            if key in ("dataset", "experiment"):
+                raise ValueError(
+                    f"dataset.category=all with a sweep over {override.input_line}: the datasets have different "
+                    "categories; run one multirun per dataset"
+                )
+            continue
+        fixed.append(override.input_line)
+    return fixed
 
 
 def dataset_categories(overrides: list[str]) -> list[str]:
@@ -151,20 +159,7 @@ def expand_all_categories(argv: list[str]) -> list[str]:
     """
     if "dataset.category=all" not in argv:
         return list(argv)
-    fixed = []
-    for override in _parse(argv):
-        key = override.key_or_group
-        if key.startswith("hydra") or key == "dataset.category":
-            continue
-        if override.is_sweep_override():
-            if key in ("dataset", "experiment"):
-                raise ValueError(
-                    f"dataset.category=all with a sweep over {override.input_line}: the datasets have different "
-                    "categories; run one multirun per dataset"
-                )
-            continue
-        fixed.append(override.input_line)
-    categories = ",".join(dataset_categories(fixed))
+    categories = ",".join(dataset_categories(fixed_overrides(argv)))
     expanded = [f"dataset.category={categories}" if a == "dataset.category=all" else a for a in argv]
     return expanded if {"-m", "--multirun"} & set(expanded) else ["-m", *expanded]
 
@@ -224,11 +219,15 @@ def _base_overrides(args: dict[str, str], extra: list[str]) -> list[str]:
     return overrides + list(extra)
 
 
+def _job_overrides(args: dict[str, str], extra: list[str]) -> list[str]:
+    """What one job of the sweep composes with: the first model, the dataset, the fixed extras."""
+    return [f"model={_models(args)[0]}", *fixed_overrides(_base_overrides(args, extra))]
+
+
 def sweep_categories(args: dict[str, str], extra: list[str]) -> list[str]:
     if args.get("categories"):
         return args["categories"].split(",")
-    overrides = [o for o in _base_overrides(args, extra) if not o.startswith("hydra")]
-    return dataset_categories([f"model={_models(args)[0]}", *overrides])
+    return dataset_categories(_job_overrides(args, extra))
 
 
 def sweep_command(args: dict[str, str], extra: list[str], categories: list[str] | None = None) -> list[str]:
@@ -261,8 +260,8 @@ def preflight(args: dict[str, str], extra: list[str], categories: list[str]) -> 
     from .runner import check_inputs
 
     dataset = args.get("dataset", "synthetic")
-    overrides = [o for o in _base_overrides(args, extra) if not o.startswith("hydra")]
-    cfg = compose([f"model={_models(args)[0]}", *overrides])
+    overrides = _job_overrides(args, extra)[1:]
+    cfg = compose(_job_overrides(args, extra))
     problems: list[str] = []
     try:
         dataset_root(cfg.dataset, Path(str(cfg.cache_dir)))
@@ -302,13 +301,16 @@ def main(argv: list[str] | None = None) -> int:
         print(main.__doc__)
         print("\n".join(f"  {k}: {v}" for k, v in ARGUMENTS.items()))
         return 0
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         args = parse_arguments(own)
         categories = sweep_categories(args, extra)
-    except (SweepArgumentError, ValueError) as err:
+        problems = preflight(args, extra, categories)
+    except (SweepArgumentError, ValueError, HydraException, OmegaConfBaseException) as err:
         print(f"make sweep: {err}", file=sys.stderr)
         return 2
-    problems = preflight(args, extra, categories)
     if problems:
         print("make sweep: nothing was launched; fix these first:", file=sys.stderr)
         for problem in problems:

@@ -90,7 +90,8 @@ class AnomalyModel(ABC):
     #: weights file for ``backbone=``, only its weights policy (imagenet / random)
     uses_configured_backbone: bool = True
     #: whether the model calibrates on a validation split (ULSAD's quantiles, EfficientAD's map
-    #: normalisation); models that do not train on every training image (``dataset.validation_for_all``)
+    #: normalisation); models that do not get no validation split and train on every training image
+    #: (unless ``dataset.validation_for_all``)
     uses_validation: bool = True
     #: the smallest ``dataset.image_size`` the model's networks take, and the number it must be a
     #: multiple of; checked before a job reads any data (:meth:`check_image_size`)

@@ -7,6 +7,8 @@ short names.
 
 from __future__ import annotations
 
+from ..metrics import SPRO_LIMITS, spro_key
+
 # model (config ``model.name``) -> the paper's method name
 MODEL_METHOD = {"padim": "PaDiM", "patchcore": "PatchCore", "efficientad": "EffAD", "dfr": "DFR", "ulsad": "ULSAD"}
 # column order of Tables 4 and 7-27
@@ -29,8 +31,7 @@ DATASET_LABEL = {
 METRICS = ("image_auroc", "pixel_auroc", "aupro")  # the paper's three
 # every metric a record carries (multi-method benchmarks' set, e.g. ADer's), in their column order
 ALL_METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
-SPRO_LIMITS = (0.01, 0.05, 0.1, 0.2, 0.3, 1.0)  # MVTec LOCO's AUC-sPRO limits (official ones and 0.2)
-SPRO_METRICS = tuple(f"spro_{limit:g}" for limit in SPRO_LIMITS)
+SPRO_METRICS = tuple(spro_key(limit) for limit in SPRO_LIMITS)  # MVTec LOCO's AUC-sPRO record keys
 METRIC_LABEL = {
     "image_auroc": "I-AUROC",
     "image_ap": "I-AP",

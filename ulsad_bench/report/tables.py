@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..metrics import SPRO_LIMITS
 from .audit import Audit
 from .grid import Series, Slot, build_grid
 from .load import ULSAD_KEYS, Results
@@ -33,7 +34,6 @@ from .naming import (
     METRICS,
     PAPER_DATASETS,
     PAPER_METHODS,
-    SPRO_LIMITS,
     TABLE1_ORDER,
     backbone_label,
     backbone_order,
