@@ -35,8 +35,9 @@ def test_least_recently_used_entries_are_evicted_first(tmp_path: Path) -> None:
     cache.get_or_compute({"name": "a"}, _entry("a"), keep_in_memory=False)
     cache.get_or_compute({"name": "ccc"}, _entry("ccc"), keep_in_memory=False)
     assert cache.misses == misses  # "a" (used) and "ccc" stayed
-    value = cache.get_or_compute({"name": "bb"}, _entry("bb"), keep_in_memory=False)
-    assert cache.misses == misses + 1 and float(value[0]) == 2.0  # "bb" was evicted, recomputed the same
+    value, hit = cache.get_or_compute({"name": "bb"}, _entry("bb"), keep_in_memory=False)
+    assert not hit and cache.misses == misses + 1 and float(value[0]) == 2.0  # "bb" was evicted, recomputed the same
+    assert cache.get_or_compute({"name": "bb"}, _entry("bb"), keep_in_memory=False)[1]  # now a hit
     assert sum(size for _, size, _ in cache_entries(tmp_path)) <= int(3.5 * ENTRY_BYTES)
     assert all(p.with_suffix(".json").is_file() for _, _, p in cache_entries(tmp_path))
     assert len(list(tmp_path.glob("*.json"))) == len(cache_entries(tmp_path))

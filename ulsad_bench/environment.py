@@ -1,11 +1,16 @@
-"""Seeding, device choice and the software versions a record stores."""
+"""Process-level settings: seeding, device choice, glibc's heap setting, and the software
+versions a record stores."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import random
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -26,6 +31,57 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run the block with torch's (CPU, and ``device``'s when CUDA) and numpy's global
+    generators seeded with ``seed``; their previous states are restored afterwards, so code
+    around the block draws as if it had not run."""
+    devices = [device] if device is not None and device.type == "cuda" else []
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        np.random.seed(seed % (2**32))
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+
+
+_MMAP_THRESHOLD: int | None = None
+
+
+def limit_heap_fragmentation(threshold: int = 1 << 20) -> bool:
+    """glibc: serve allocations of ``threshold`` bytes and more by mmap (``mallopt(M_MMAP_THRESHOLD)``).
+
+    The same as exporting ``MALLOC_MMAP_THRESHOLD_=1048576``, but only for the jobs that need it
+    (exported for every job it slowed every model's CPU work), however they are started.
+    Without it, PatchCore's coreset loop, which allocates and frees a large distance vector per
+    step, grows the native heap until the process is killed.
+    Returns whether the setting was applied (False off glibc).
+    """
+    global _MMAP_THRESHOLD
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_mmap_threshold = -3  # <malloc.h>
+    applied = bool(libc.mallopt(m_mmap_threshold, int(threshold)))
+    if applied:
+        _MMAP_THRESHOLD = int(threshold)
+    return applied
+
+
+def heap_mmap_threshold() -> int | None:
+    """The threshold :func:`limit_heap_fragmentation` set in this process, None if never.
+
+    The setting is process-wide and stays: jobs run after a PatchCore job in the same process
+    (Hydra's basic launcher) run with it, which slows CPU work; records carry it.
+    """
+    return _MMAP_THRESHOLD
 
 
 def resolve_device(name: str) -> torch.device:

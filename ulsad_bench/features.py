@@ -63,20 +63,23 @@ class FeatureCache:
         while len(self._memory) > self.memory_items:
             self._memory.popitem(last=False)
 
-    def get_or_compute(self, parts: dict[str, Any], compute: Callable[[], Any], keep_in_memory: bool = True) -> Any:
-        """Return the cached value for ``parts`` or compute, store and return it.
+    def get_or_compute(
+        self, parts: dict[str, Any], compute: Callable[[], Any], keep_in_memory: bool = True
+    ) -> tuple[Any, bool]:
+        """``(value, hit)``: the cached value for ``parts`` (``hit`` True), or the value
+        computed, stored and returned (``hit`` False: ``compute`` ran).
 
         Values are tensors (kept on CPU) or dicts of tensors and plain values (e.g. a
         trained model's state); ``keep_in_memory=False`` keeps large ones on disk only.
         """
         if not self.enabled:
             self.misses += 1
-            return _to_cpu(compute())
+            return _to_cpu(compute()), False
         key = cache_key(parts)
         if key in self._memory:
             self.hits += 1
             self._memory.move_to_end(key)
-            return self._memory[key]
+            return self._memory[key], True
         path = self.directory / f"{key}.pt" if self.directory is not None else None
         if path is not None and path.is_file():
             try:
@@ -88,7 +91,7 @@ class FeatureCache:
                 _touch(path)
                 if keep_in_memory:
                     self._remember(key, value)
-                return value
+                return value, True
         self.misses += 1
         value = _to_cpu(compute())
         if path is not None:
@@ -101,7 +104,7 @@ class FeatureCache:
             self.enforce_limit(keep=path)
         if keep_in_memory:
             self._remember(key, value)
-        return value
+        return value, False
 
     def enforce_limit(self, keep: Path | None = None) -> list[str]:
         """Delete least recently used entries until the folder holds at most ``max_bytes``;

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .models.anomalib_offline import heap_mmap_threshold
+from .environment import heap_mmap_threshold
 from .models.base import AnomalyModel
 
 

@@ -205,8 +205,6 @@ def make_context(cfg: DictConfig, device: torch.device, weights: WeightsInfo) ->
         precision=str(cfg.precision),
         progress=bool(cfg.progress),
         log=log.info,
-        dataset_key=f"{cfg.dataset.name}/{cfg.dataset.category}",
-        generator=torch.Generator().manual_seed(seed),
     )
 
 

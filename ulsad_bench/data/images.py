@@ -75,12 +75,25 @@ class ImageSet:
         return self.images[indices].float().div_(255.0)
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        progress: bool = False,
+        desc: str = "batches",
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(indices [B], images [B, 3, S, S] float in [0, 1])``."""
+        """Yield ``(indices [B], images [B, 3, S, S] float in [0, 1])``.
+
+        ``shuffle``: one ``torch.randperm(N, generator=generator)`` per call (an epoch's order);
+        ``drop_last``: leave out the last partial batch (a training loader's ``drop_last=True``);
+        ``progress``: a tqdm bar named ``desc``.
+        """
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
+        stop = n - n % batch_size if drop_last else n
+        starts = range(0, stop, batch_size)
+        for start in tqdm(starts, desc=desc, leave=False, disable=not progress):
             idx = order[start : start + batch_size]
             yield idx, self.float_images(idx)
 

@@ -29,7 +29,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import ImageSet
-from .anomalib_offline import anomalib_progress, import_anomalib, limit_heap_fragmentation, no_downloads
+from ..environment import limit_heap_fragmentation, seeded
+from .anomalib_offline import anomalib_progress, import_anomalib, no_downloads
 from .backbone import Normalize, load_into
 from .base import AnomalyModel, Prediction, RunContext
 from .efficientad_offline import (
@@ -49,24 +50,6 @@ from .efficientad_offline import (
 PADIM_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
 # EfficientAD's autoencoder halves the image five times, then applies an 8 x 8 convolution.
 EFFICIENTAD_MIN_SIZE = 256
-
-
-class _Seeded:
-    """Fork torch's and numpy's global generators, seeded, for the block (restored afterwards)."""
-
-    def __init__(self, seed: int, device: torch.device) -> None:
-        self.seed = seed
-        self.fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-    def __enter__(self) -> None:
-        self.numpy_state = np.random.get_state()
-        self.fork.__enter__()
-        torch.manual_seed(self.seed)
-        np.random.seed(self.seed % (2**32))
-
-    def __exit__(self, *exc: object) -> None:
-        self.fork.__exit__(*exc)
-        np.random.set_state(self.numpy_state)
 
 
 class _AnomalibFeatureModel(AnomalyModel):
@@ -197,9 +180,9 @@ class Patchcore(_AnomalibFeatureModel):
 
     def _finish_fit(self) -> dict[str, Any]:
         patches = sum(len(e) for e in self.model.embedding_store)
-        limit_heap_fragmentation()  # the coreset loop fragments glibc's heap otherwise (DESIGN.md)
+        limit_heap_fragmentation()  # the coreset loop fragments glibc's heap otherwise
         sampler = import_anomalib("anomalib.models.components.sampling.k_center_greedy")
-        with _Seeded(self.ctx.seed, self.ctx.device), anomalib_progress(sampler, self.ctx.progress):
+        with seeded(self.ctx.seed, self.ctx.device), anomalib_progress(sampler, self.ctx.progress):
             self.model.subsample_embedding(self.coreset_sampling_ratio)
         return {"train_patches": patches, "memory_bank": len(self.model.memory_bank)}
 
@@ -343,7 +326,7 @@ class EfficientAd(AnomalyModel):
         self.size = self.input_size or max(ctx.image_size, EFFICIENTAD_MIN_SIZE)
         self.torch_model = import_anomalib("anomalib.models.image.efficient_ad.torch_model")
         size = self.torch_model.EfficientAdModelSize(self.model_size)
-        with no_downloads(), _Seeded(ctx.seed, ctx.device):
+        with no_downloads(), seeded(ctx.seed, ctx.device):
             self.model = self.torch_model.EfficientAdModel(
                 teacher_out_channels=self.teacher_out_channels,
                 model_size=size,
@@ -383,7 +366,7 @@ class EfficientAd(AnomalyModel):
         }
 
         def compute() -> dict[str, Any]:
-            with _Seeded(self.distillation.seed, self.ctx.device):
+            with seeded(self.distillation.seed, self.ctx.device):
                 pdn = self._pdn(padding=True)
             return distil_teacher(
                 pdn,
@@ -396,7 +379,7 @@ class EfficientAd(AnomalyModel):
                 self.ctx.progress,
             )
 
-        result = self.ctx.feature_cache.get_or_compute(key, compute)
+        result, _ = self.ctx.feature_cache.get_or_compute(key, compute)
         self.model.teacher.load_state_dict(result["state_dict"])
         self.teacher_record = {
             "source": "distilled",

@@ -15,8 +15,6 @@ keeps anomalib (and timm / torch.hub beneath it) from touching the console or th
   the harness calls none of them, so the guard is a safety net with a clear message.
 - :func:`anomalib_progress` makes anomalib's own ``tqdm`` bar (PatchCore's coreset selection)
   follow the job's ``progress`` setting.
-- :func:`limit_heap_fragmentation` is ``MALLOC_MMAP_THRESHOLD_=1048576`` set from inside the
-  process (glibc only), for PatchCore's coreset loop (see DESIGN.md).
 
 Nothing here writes files: anomalib's torch models create no ``results/`` or ``datasets/``
 folders; only its Engine and Lightning modules do.
@@ -24,7 +22,6 @@ folders; only its Engine and Lightning modules do.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import importlib
 import sys
@@ -132,38 +129,3 @@ def anomalib_progress(module: ModuleType, enabled: bool) -> Iterator[None]:
         yield
     finally:
         module.tqdm = original  # type: ignore[attr-defined]
-
-
-_MMAP_THRESHOLD: int | None = None
-
-
-def limit_heap_fragmentation(threshold: int = 1 << 20) -> bool:
-    """glibc: serve allocations of ``threshold`` bytes and more by mmap (``mallopt(M_MMAP_THRESHOLD)``).
-
-    The same as exporting ``MALLOC_MMAP_THRESHOLD_=1048576``, but only for the jobs that need it
-    (exported for every job it slowed all models by about 30 %), however they are started.
-    Without it, PatchCore's coreset loop, which allocates and frees a large distance vector per
-    step, grows the native heap until the process is killed.
-    Returns whether the setting was applied (False off glibc).
-    """
-    global _MMAP_THRESHOLD
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_mmap_threshold = -3  # <malloc.h>
-    applied = bool(libc.mallopt(m_mmap_threshold, int(threshold)))
-    if applied:
-        _MMAP_THRESHOLD = int(threshold)
-    return applied
-
-
-def heap_mmap_threshold() -> int | None:
-    """The threshold :func:`limit_heap_fragmentation` set in this process, None if never.
-
-    The setting is process-wide and stays: jobs run after a PatchCore job in the same process
-    (Hydra's basic launcher) run with it, which slows CPU work; records carry it.
-    """
-    return _MMAP_THRESHOLD

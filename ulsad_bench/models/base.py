@@ -51,8 +51,6 @@ class RunContext:
     precision: str = "fp32"
     progress: bool = True
     log: Callable[[str], None] = print
-    dataset_key: str = ""
-    generator: torch.Generator = field(default_factory=torch.Generator)
 
     def backbone_spec(self, name: str) -> BackboneSpec:
         """Another network under the job's weights policy (``imagenet``, ``torchvision`` or ``random``).

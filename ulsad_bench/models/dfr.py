@@ -430,9 +430,10 @@ class Dfr(AnomalyModel):
                 out[idx] = self._extract(images).to(dtype).cpu()
             return out
 
-        return self.ctx.feature_cache.get_or_compute(
+        features, _ = self.ctx.feature_cache.get_or_compute(
             self._feature_key(train), compute, keep_in_memory=nbytes <= MEMORY_CACHE_BYTES
         )
+        return features
 
     def _on_device(self, features: torch.Tensor) -> torch.Tensor:
         """Move cached features to the GPU once when they fit comfortably; else keep them on CPU."""

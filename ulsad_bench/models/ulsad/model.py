@@ -188,7 +188,7 @@ class Ulsad(AnomalyModel):
                     chunks.append(self.aggregator(self._to_device(batch)).float().cpu())
             return torch.cat(chunks)
 
-        return self.ctx.feature_cache.get_or_compute(self._feature_key(images), compute)
+        return self.ctx.feature_cache.get_or_compute(self._feature_key(images), compute)[0]
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.ctx.device, non_blocking=True)
@@ -359,9 +359,9 @@ class Ulsad(AnomalyModel):
             return {"frn": self.frn.state_dict(), "global_ae": self.global_ae.state_dict(), "info": info}
 
         if self.reuse_trained:
-            misses = self.ctx.feature_cache.misses
-            state = self.ctx.feature_cache.get_or_compute(self._trained_key(train), train_now, keep_in_memory=False)
-            reused = self.ctx.feature_cache.misses == misses
+            state, reused = self.ctx.feature_cache.get_or_compute(
+                self._trained_key(train), train_now, keep_in_memory=False
+            )
             self.frn.load_state_dict(state["frn"])
             self.global_ae.load_state_dict(state["global_ae"])
             info = dict(state["info"])
