@@ -8,8 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 # Keep caches inside the project, never in $HOME. (PatchCore sets glibc's mmap threshold for its
-# coreset loop itself: ulsad_bench/models/anomalib_offline.py; exported for every job it slowed
-# all models by about 30 %.)
+# coreset loop itself, ulsad_bench/environment.py: exported for every job it slowed every model.)
 export XDG_CACHE_HOME ?= $(CURDIR)/.cache/xdg
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
@@ -21,6 +20,8 @@ RESULTS ?= outputs
 N_JOBS ?= 1
 DATASET_ROOT ?=
 LAUNCHER ?=
+PLAN ?=
+DEVICE ?=
 ARGS ?=
 CACHE_DIR ?= $(or $(ULSAD_BENCH_CACHE),.cache/ulsad_bench)
 
@@ -31,33 +32,36 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,ray]"
 	touch $(STAMP)
 
 test: install
-	$(PY) -m ruff check ulsad_bench tests run.py
+	$(PY) -m ruff check ulsad_bench tests run.py docs
 	$(PY) -m pytest -q
 
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: install
-	$(PY) -m ruff check ulsad_bench tests run.py
-	$(PY) -m ruff format --check ulsad_bench tests run.py
+	$(PY) -m ruff check ulsad_bench tests run.py docs
+	$(PY) -m ruff format --check ulsad_bench tests run.py docs
 
 demo: install
 	$(PY) -m ulsad_bench.demo
 
 # ARGS: Hydra overrides for every job, e.g. ARGS="model.epochs=2 dataset.image_size=128".
+# PLAN=1: print the jobs, how many are done, the time and cache disk they need; run nothing.
+# LAUNCHER=gpus: one job per GPU (Ray); parallel: N_JOBS at once on one device; slurm: a cluster.
 sweep: install
 	$(PY) -m ulsad_bench.sweep dataset="$(DATASET)" models="$(MODELS)" seeds="$(SEEDS)" results="$(RESULTS)" \
-		n_jobs="$(N_JOBS)" root="$(DATASET_ROOT)" launcher="$(LAUNCHER)" -- $(ARGS)
+		n_jobs="$(N_JOBS)" root="$(DATASET_ROOT)" launcher="$(LAUNCHER)" plan="$(PLAN)" -- $(ARGS)
 
 tables: install
 	$(PY) -m ulsad_bench.report $(RESULTS) --out reports
 
+# DEVICE=cuda: Table 4 on a GPU (fp32 and bf16 + channels-last); refuses on a machine without CUDA.
 bench: install
-	$(PY) -m ulsad_bench.bench
+	$(PY) -m ulsad_bench.bench $(if $(DEVICE),device=$(DEVICE)) $(ARGS)
 
 # Time and memory of all pixel metrics on a VisA-size test set (13 M pixels), one core.
 bench-metrics: install

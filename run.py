@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 import ulsad_bench  # noqa: F401  (registers the config resolvers)
 from ulsad_bench import sweep
+from ulsad_bench.config import expand_all_categories
 from ulsad_bench.runner import run
 
 # Inherited by launcher workers (joblib, submitit): no hub lookups, ever.
@@ -32,7 +33,7 @@ if __name__ == "__main__":
     from hydra.errors import HydraException
 
     try:
-        sys.argv = [sys.argv[0], *sweep.expand_all_categories(sys.argv[1:])]
+        sys.argv = [sys.argv[0], *expand_all_categories(sys.argv[1:])]
     except (ValueError, HydraException) as err:
         sys.exit(f"run.py: {err}")
     main()

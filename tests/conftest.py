@@ -7,13 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-import ulsad_bench  # noqa: F401  (registers resolvers)
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from ulsad_bench.config import compose
 
 # A synthetic set small enough for CPU tests; the same generator and loaders as the default.
 TINY_DATA = [
@@ -34,8 +31,8 @@ TINY_DATA = [
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides or []))
+    """The project's config with ``overrides`` (:func:`ulsad_bench.config.compose`)."""
+    return compose(list(overrides or []))
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ def test_imagenet_weights_read_and_verified(tmp_path: Path, monkeypatch: pytest.
     own.write_bytes(published.read_bytes())
     monkeypatch.setitem(TIMM_DEFAULT, "resnet18", ("resnet18.test", f"https://example.invalid/{own.name}"))
     info = resolve_weights("resnet18", "imagenet")
-    assert info.kind == "imagenet" and info.verified is True and info.sha256 == sha256_of(str(own))
+    assert info.policy == "imagenet" and info.verified is True and info.sha256 == sha256_of(str(own))
     assert "timm resnet18.test" in str(info.source)
     network = build_network("resnet18", info)
     torch.testing.assert_close(network.conv1.weight, reference.conv1.weight)
@@ -77,7 +77,7 @@ def test_file_weights_and_wrong_file(tmp_path: Path) -> None:
     path = tmp_path / "my.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
     info = resolve_weights("resnet18", str(path))
-    assert info.kind == "file" and len(info.sha256 or "") == 64
+    assert info.policy == "file" and len(info.sha256 or "") == 64
     with pytest.raises(WeightsNotFoundError, match="neither 'imagenet', 'torchvision', 'random' nor an existing file"):
         resolve_weights("resnet18", str(tmp_path / "absent.pth"))
     with pytest.raises(ValueError, match="does not fit resnet50"):

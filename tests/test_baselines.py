@@ -22,11 +22,17 @@ from PIL import Image
 from tests.conftest import TINY_DATA
 from ulsad_bench import runner
 from ulsad_bench.features import FeatureCache
-from ulsad_bench.models.anomalib_models import EfficientAd
-from ulsad_bench.models.anomalib_offline import DownloadRefusedError, import_anomalib, no_downloads
+from ulsad_bench.models.anomalib_adapter import (
+    DownloadRefusedError,
+    import_anomalib,
+    no_downloads,
+    set_teacher_statistics,
+)
 from ulsad_bench.models.backbone import BackboneSpec, resolve_weights, sha256_of
 from ulsad_bench.models.base import AnomalyModel, RunContext
-from ulsad_bench.models.efficientad_offline import channel_mean_var, embed_patch_features, penalty_files
+from ulsad_bench.models.efficientad import EfficientAd
+from ulsad_bench.models.efficientad.penalty import penalty_files
+from ulsad_bench.models.efficientad.teacher import channel_mean_var, embed_patch_features
 from ulsad_bench.records import RECORD_NAME
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +98,7 @@ def test_patchcore_detects_structural_anomalies(tiny_cfg, tmp_path: Path, monkey
         "blur_sigma": 4,
     }
     assert record["fit"]["memory_bank"] == int(0.1 * record["fit"]["train_patches"])
-    assert record["weights"] == {"kind": "random", "random_init_seed": 0}
+    assert record["weights"] == {"policy": "random", "random_init_seed": 0}
     check_predictions(model, cfg, tmp_path / "run", map_size=64)
     no_stray_folders(tmp_path)
 
@@ -129,7 +135,7 @@ def test_efficientad_with_distilled_teacher_detects_structural_anomalies(
     assert record["metrics"]["pixel_auroc"] > 0.9  # 0.998 for seeds 0-4
     hp = record["hyperparameters"]
     assert hp["teacher"]["source"] == "distilled" and hp["teacher"]["backbone"] == "resnet18"
-    assert hp["teacher"]["weights"] == record["weights"] == {"kind": "random", "random_init_seed": 0}
+    assert hp["teacher"]["weights"] == record["weights"] == {"policy": "random", "random_init_seed": 0}
     assert hp["teacher"]["steps"] == 1 and hp["teacher"]["layers"] == ["layer2", "layer3"]
     assert hp["penalty"] == "off"
     # model.teacher=auto / model.penalty=auto with a random-init backbone: the substitutes, recorded as such
@@ -246,7 +252,7 @@ def test_efficientad_losses_are_anomalibs(tmp_path: Path) -> None:
     """The harness's training losses equal anomalib's ``compute_losses``; without penalty, less its term."""
     model = EfficientAd()
     model.setup(efficientad_context())
-    model._set(model.model.mean_std, {"mean": torch.rand(1, 384, 1, 1), "std": 1 + torch.rand(1, 384, 1, 1)})
+    set_teacher_statistics(model.model, mean=torch.rand(384), std=1 + torch.rand(384))
     batch, penalty = torch.rand(1, 3, 256, 256), torch.rand(1, 3, 256, 256)
     model.model.train()
     torch.manual_seed(5)

@@ -6,41 +6,50 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from ulsad_bench import bench
+from ulsad_bench import bench, runner
 
 
-def test_bench_writes_efficiency_report(tmp_path: Path, shared_cache: Path) -> None:
+def test_bench_writes_efficiency_report(tmp_path: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def prepare(cfg, *args):  # bench builds its jobs with the runner's one pipeline
+        seen.append(cfg)
+        return runner.prepare(cfg, *args)
+
+    monkeypatch.setattr(bench, "prepare", prepare)
     code = bench.main(
         [
             "--models",
             "ulsad,padim",
-            "--image-size",
-            "64",
-            "--backbone",
-            "resnet18",
-            "--train-images",
-            "8",
-            "--batch-size",
-            "4",
-            "--warmup",
-            "1",
-            "--timed",
-            "1",
             "--out",
             str(tmp_path),
-            "--cache-dir",
-            str(shared_cache),
-            "--override",
+            "dataset.image_size=64",
+            "backbone=resnet18",
+            "dataset.synthetic.n_train=8",
+            "profile.batch_size=4",
+            "profile.warmup_batches=1",
+            "profile.timed_batches=1",
+            f"cache_dir={shared_cache}",
+            "seed=3",
             "ulsad:model.feature_dim=16",
         ]
     )
     assert code == 0
+    # ULSAD twice (features precomputed, then recomputed per batch), PaDiM once; all with the job's seed
+    assert [(c.model.name, c.model.get("precompute_features")) for c in seen] == [
+        ("ulsad", True),
+        ("ulsad", False),
+        ("padim", None),
+    ]
+    assert all(c.seed == 3 and c.dataset.image_size == 64 for c in seen) and seen[0].model.feature_dim == 16
     report = json.loads((tmp_path / "efficiency.json").read_text())
+    assert report["image_size"] == 64 and report["train_images"] == 8
     for name in ("ulsad", "padim"):
         result = report["models"][name]
         assert result["throughput_img_s"] > 0 and result["peak_memory_mb"] > 0
-        assert result["batch_size"] == 4 and result["device"] and result["memory_kind"] == "cpu_tensor_peak"
+        assert result["batch_size"] == 4 and result["device"] and result["memory_measure"] == "cpu_tensor_peak"
     assert report["ulsad_train_epoch_s_cached"] > 0 and report["ulsad_train_epoch_s_uncached"] > 0
     assert report["ulsad_attention_targets_s_once"] >= 0 and report["ulsad_feature_extraction_s"] >= 0
     markdown = (tmp_path / "efficiency.md").read_text()
@@ -48,10 +57,29 @@ def test_bench_writes_efficiency_report(tmp_path: Path, shared_cache: Path) -> N
     rows = {name.strip(): [c.strip() for c in cells] for name, cells in rows.items()}
     ulsad, padim = report["models"]["ulsad"], report["models"]["padim"]
     # PaDiM's row: its own throughput and memory, and both as ratios to ULSAD's, as the JSON has them
-    assert rows["padim"][1] == f"{padim['throughput_img_s']:.2f}"
-    assert rows["padim"][2] == f"{padim['throughput_img_s'] / ulsad['throughput_img_s']:.2f}x"
-    assert rows["padim"][3] == f"{padim['peak_memory_mb']:.0f}"
-    assert rows["padim"][4] == f"{padim['peak_memory_mb'] / ulsad['peak_memory_mb']:.2f}x"
+    assert rows["padim"][1] == "fp32" and rows["padim"][2] == f"{padim['throughput_img_s']:.2f}"
+    assert rows["padim"][3] == f"{padim['throughput_img_s'] / ulsad['throughput_img_s']:.2f}x"
+    assert rows["padim"][4] == f"{padim['peak_memory_mb']:.0f}"
+    assert rows["padim"][5] == f"{padim['peak_memory_mb'] / ulsad['peak_memory_mb']:.2f}x"
     speedup = report["ulsad_train_epoch_s_uncached"] / report["ulsad_train_epoch_s_cached"]
     assert report["ulsad_epoch_speedup"] == pytest.approx(speedup, abs=5e-4)  # stored to 3 decimals
     assert f"({report['ulsad_epoch_speedup']:.2f}x)" in markdown
+
+
+def test_bench_on_cuda_refuses_without_cuda_and_measures_bf16(tmp_path: Path, shared_cache: Path) -> None:
+    if not torch.cuda.is_available():
+        assert bench.main(["--models", "padim", "--out", str(tmp_path / "none"), "device=cuda"]) == 2
+        assert not (tmp_path / "none").exists()  # stopped before anything ran
+    tiny = ["dataset.image_size=64", "backbone=resnet18", "dataset.synthetic.n_train=8", "profile.batch_size=4"]
+    code = bench.main(
+        ["--models", "padim", "--precisions", "fp32,bf16", "--out", str(tmp_path), *tiny, f"cache_dir={shared_cache}"]
+    )
+    assert code == 0
+    padim = json.loads((tmp_path / "efficiency.json").read_text())["models"]["padim"]
+    assert (
+        set(padim["precisions"]) == {"fp32", "bf16"} and padim["precisions"]["fp32"]["image_auroc_points_vs_first"] == 0
+    )
+    bf16 = padim["precisions"]["bf16"]
+    assert bf16["precision"] == "bf16" and bf16["throughput_img_s"] > 0
+    assert bf16["within_tolerance"] == (abs(bf16["image_auroc_points_vs_first"]) < 0.5)
+    assert "| padim | bf16 |" in (tmp_path / "efficiency.md").read_text()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from ulsad_bench.config import REPO
 from ulsad_bench.features import FeatureCache, cache_entries, cache_key
 
-REPO = Path(__file__).resolve().parent.parent
 ENTRY_BYTES = 4 * 64 * 1024  # one float32 tensor of 64 Ki values
 
 

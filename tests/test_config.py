@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF_DIR, compose_config
+from tests.conftest import compose_config
+from ulsad_bench.config import CONF_DIR, EXPERIMENTS_DIR
 
-GROUPS = ["model", "dataset", "backbone", "logger"]
+GROUPS = ["model", "dataset", "backbone", "logger", "protocol"]
 CHOICES = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONF_DIR) / g).glob("*.yaml"))]
 
 
@@ -29,7 +30,7 @@ def test_synthetic_default_asks_for_random_weights_explicitly() -> None:
     assert compose_config(["dataset=mvtec"]).backbone.weights == "imagenet"
 
 
-EXPERIMENTS = Path(CONF_DIR).parent / "experiments"
+EXPERIMENTS = EXPERIMENTS_DIR
 ROWS = sorted(p.stem for p in (EXPERIMENTS / "ablation").glob("*.yaml"))
 PRESETS = sorted(p.stem for p in (EXPERIMENTS / "experiment").glob("*.yaml"))
 
@@ -56,4 +57,20 @@ def test_table3_rows_follow_the_paper() -> None:
 def test_every_experiment_preset_composes(preset: str) -> None:
     cfg = compose_config([f"+experiment={preset}"])
     OmegaConf.resolve(cfg)
-    assert cfg.model.name == "ulsad" and cfg.dataset.name == "mvtec_loco"
+    assert cfg.model.name == "ulsad" and cfg.dataset.name == ("synthetic" if preset == "protocol_gap" else "mvtec_loco")
+
+
+@pytest.mark.parametrize("group", ["demo", "bench"])
+def test_every_demo_and_bench_preset_composes_to_its_model(group: str) -> None:
+    from ulsad_bench.runner import build_model
+
+    presets = sorted(p.stem for p in (EXPERIMENTS / group).glob("*.yaml"))
+    assert {"ulsad", "padim", "patchcore", "dfr", "efficientad"} <= set(presets)
+    for preset in presets:
+        cfg = compose_config([f"+{group}={preset}"])
+        OmegaConf.resolve(cfg)
+        if preset != "table4":
+            assert cfg.model.name == preset and build_model(cfg.model).name == preset
+    bench = compose_config(["+bench=ulsad"])
+    assert (bench.dataset.image_size, bench.backbone.name, bench.profile.batch_size) == (256, "wide_resnet50_2", 32)
+    assert compose_config(["+demo=ulsad"]).model.feature_dim == 128

@@ -23,7 +23,6 @@ from ulsad_bench.data import DatasetError, build_splits, categories_of, read_ima
 from ulsad_bench.data.__main__ import main
 
 S = 16  # image side of every tiny copy; also dataset.image_size, so pixel counts are exact
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _save(path: Path, array: np.ndarray) -> Path:

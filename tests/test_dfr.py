@@ -13,13 +13,13 @@ from torch import nn
 from ulsad_bench import runner
 from ulsad_bench.features import FeatureCache
 from ulsad_bench.models.backbone import BackboneSpec, Normalize, resolve_weights
-from ulsad_bench.models.dfr import (
+from ulsad_bench.models.dfr import Dfr, DfrModel, torch_model
+from ulsad_bench.models.dfr.model import pca_latent_dim
+from ulsad_bench.models.dfr.torch_model import (
     DFR_LAYERS,
     VGG19_RELUS,
-    Dfr,
     FeatCAE,
     RegionalFeatures,
-    pca_latent_dim,
     reconstruction_error,
     resize_pool_matrix,
     vgg19_plan,
@@ -60,18 +60,41 @@ def test_regional_features_equal_the_authors_chain() -> None:
     features = RegionalFeatures(RANDOM_VGG, list(DFR_LAYERS), image_size=32)
     images = torch.rand(2, 3, 32, 32)
     out = features(images)
-    assert features.channels == 3456 and out.shape == (2, 3456, 8, 8)  # 64*2 + 128*2 + 256*4 + 512*4, S / 4
+    assert features.feature_dim == 3456 and out.shape == (2, 3456, 8, 8)  # 64*2 + 128*2 + 256*4 + 512*4, S / 4
     assert features.nodes[0] == "features.1" and features.nodes[-1] == "features.26"
     torch.testing.assert_close(out, _dfr_chain(features, images), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(("kernel", "stride", "upsample"), [(4, 4, "bilinear"), (6, 4, "bilinear"), (4, 2, "nearest")])
-def test_resize_pool_matrix_is_the_2d_chain(kernel: int, stride: int, upsample: str) -> None:
+def test_inference_tensors_are_buffers_and_the_model_maps_images(monkeypatch) -> None:
+    features = RegionalFeatures(RANDOM_VGG, ["relu1_1", "relu2_2", "relu4_4"], image_size=32)
+    buffers = dict(features.named_buffers())
+    for node, map_size in zip(features.nodes, (32, 16, 4), strict=True):  # relu4_4 after 3 poolings
+        assert buffers["matrix_" + node.replace(".", "_")].shape == (8, map_size)
+    images = torch.rand(2, 3, 32, 32)
+    expected = features(images)
+    # at image_size the buffers are all forward uses; another size builds its matrices per call
+    assert features(torch.rand(1, 3, 48, 48)).shape == (1, features.feature_dim, 8, 8)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("matrix built outside the buffers")
+
+    monkeypatch.setattr(torch_model, "resize_pool_matrix", refuse)
+    torch.testing.assert_close(features(images), expected, rtol=0, atol=0)
+    model = DfrModel(features, FeatCAE(features.feature_dim, 4)).eval()
+    with torch.no_grad():
+        maps, scores = model(images)
+    assert maps.shape == (2, 32, 32) and torch.equal(scores, maps.amax(dim=(-2, -1)))
+
+
+@pytest.mark.parametrize(
+    ("kernel_size", "stride", "upsample"), [(4, 4, "bilinear"), (6, 4, "bilinear"), (4, 2, "nearest")]
+)
+def test_resize_pool_matrix_is_the_2d_chain(kernel_size: int, stride: int, upsample: str) -> None:
     x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
-    m = resize_pool_matrix(9, 24, kernel, stride, upsample)
-    pad = (kernel - stride) // 2
+    m = resize_pool_matrix(9, 24, kernel_size, stride, upsample)
+    pad = (kernel_size - stride) // 2
     ref = F.interpolate(x, size=24, mode=upsample, align_corners=True if upsample == "bilinear" else None)
-    ref = F.avg_pool2d(F.pad(ref, (pad,) * 4, mode="replicate"), kernel, stride)
+    ref = F.avg_pool2d(F.pad(ref, (pad,) * 4, mode="replicate"), kernel_size, stride)
     torch.testing.assert_close(m @ x @ m.T, ref)
 
 
@@ -122,15 +145,12 @@ def test_config_errors_are_refused() -> None:
 
 def _fitted(tiny_cfg, cache: FeatureCache | None, *overrides: str) -> tuple[Dfr, dict]:
     """A DFR built from the real config and fitted on the tiny train split (no predictions)."""
-    cfg = tiny_cfg(*SMALL_DFR, *overrides)
-    _, train, val, _ = runner.load_data(cfg)
-    model = runner.build_model(cfg.model)
+    job = runner.prepare(tiny_cfg(*SMALL_DFR, *overrides))
+    model = job.model
     assert isinstance(model, Dfr)
-    ctx = runner.make_context(cfg, torch.device("cpu"), resolve_weights("resnet18", "random"))
     if cache is not None:
-        ctx.feature_cache = cache
-    model.setup(ctx)
-    return model, model.fit(train, val)
+        model.ctx.feature_cache = cache
+    return model, model.fit(job.train, job.val)
 
 
 def test_loss_decreases_and_on_the_fly_equals_cached(tiny_cfg) -> None:
@@ -144,6 +164,7 @@ def test_loss_decreases_and_on_the_fly_equals_cached(tiny_cfg) -> None:
     assert (cached["features"], fly["features"]) == ("cached", "on_the_fly")
     assert fly["loss_per_epoch"] == pytest.approx(losses, rel=1e-4)  # same init, same batches, same features
     assert model.hyperparameters()["latent_dim"] == 16 and model.hyperparameters()["latent_dim_source"] == "config"
+    assert model.inference_modules() == [model.model] and isinstance(model.model, DfrModel)  # all predict uses
 
 
 def test_second_seed_reuses_the_frozen_features(tiny_cfg, tmp_path, monkeypatch) -> None:
@@ -182,7 +203,7 @@ def test_detects_structural_anomalies_and_records_layers_and_width(tiny_cfg, tmp
     assert hp["latent_dim_source"] == "pca" and hp["latent_dim"] == record["fit"]["latent_dim"] > 0
     assert hp["variance_ratio"] == 0.9 and hp["epochs"] == 2 and hp["batch_size"] == 4 and hp["lr"] == 1e-4
     # DFR's own backbone is what the record names, whatever backbone= says (resnet18 here)
-    assert record["backbone"] == "vgg19" and record["weights"] == {"kind": "random", "random_init_seed": 0}
+    assert record["backbone"] == "vgg19" and record["weights"] == {"policy": "random", "random_init_seed": 0}
 
 
 def test_bf16_is_refused(tiny_cfg, tmp_path) -> None:

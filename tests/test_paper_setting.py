@@ -19,7 +19,7 @@ from tests.conftest import mvtec_cfg, tiny_mvtec
 from ulsad_bench import runner
 from ulsad_bench.data import read_image, read_mask
 from ulsad_bench.data.sample import Sample
-from ulsad_bench.models.efficientad_offline import TeacherWeightsNotFoundError
+from ulsad_bench.models.efficientad.teacher import TeacherWeightsNotFoundError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,19 +83,17 @@ def test_ulsad_trains_on_49_images_dropping_the_partial_batch(tmp_path: Path, sh
 
 
 def test_ulsad_quantiles_are_taken_on_the_blurred_maps(tiny_cfg) -> None:
-    cfg = tiny_cfg("model=ulsad", "model.feature_dim=16", "model.epochs=1")
-    _, train, val, _ = runner.load_data(cfg)
-    model = runner.build_model(cfg.model)
-    model.setup(runner.make_context(cfg, torch.device("cpu"), runner.configured_weights(cfg)))
-    model.fit(train, val)
+    job = runner.prepare(tiny_cfg("model=ulsad", "model.feature_dim=16", "model.epochs=1"))
+    model, val = job.model, job.val
+    model.fit(job.train, val)
     model.eval()
     blurred, upsampled = [], []
     with torch.no_grad():
         features = model.features(val)
-        local, _ = model.raw_maps(model._standardize(features), val.float_images(slice(None)))
-        up = model._upsample(local)
+        local, _ = model.net.raw_maps(model.net.standardize(features), val.float_images(slice(None)))
+        up = model.net.upsample(local)
         upsampled.append(up.numpy().ravel())
-        blurred.append(model.blur(up[:, None])[:, 0].numpy().ravel())
+        blurred.append(model.net.blur(up[:, None])[:, 0].numpy().ravel())
     q_blurred = np.quantile(np.concatenate(blurred).astype(np.float64), [model.alpha, model.beta])
     q_upsampled = np.quantile(np.concatenate(upsampled).astype(np.float64), [model.alpha, model.beta])
     got = [model.quantiles["local_alpha"], model.quantiles["local_beta"]]
@@ -219,25 +217,16 @@ def test_imagenet_weights_load_from_the_documented_folder_under_every_entry_poin
             [
                 "--models",
                 "padim",
-                "--image-size",
-                "64",
-                "--backbone",
-                "resnet18",
-                "--weights",
-                "imagenet",
-                "--train-images",
-                "4",
-                "--batch-size",
-                "2",
-                "--warmup",
-                "1",
-                "--timed",
-                "1",
                 "--out",
                 str(tmp_path / "b"),
-                "--cache-dir",
-                str(shared_cache),
-                "--override",
+                "dataset.image_size=64",
+                "backbone=resnet18",
+                "backbone.weights=imagenet",
+                "dataset.synthetic.n_train=4",
+                "profile.batch_size=2",
+                "profile.warmup_batches=1",
+                "profile.timed_batches=1",
+                f"cache_dir={shared_cache}",
                 "backbone.verify=false",
             ]
         )

@@ -9,14 +9,13 @@ import torch
 
 from ulsad_bench import runner
 from ulsad_bench.metrics import image_auroc
-from ulsad_bench.models.backbone import resolve_weights
 from ulsad_bench.models.base import AnomalyModel, Prediction
 from ulsad_bench.profiling import build_batch, cpu_tensor_peak_bytes, profile_inference
 
 FIELDS = {
     "throughput_img_s",
     "peak_memory_mb",
-    "memory_kind",
+    "memory_measure",
     "device",
     "batch_size",
     "timed_batches",
@@ -70,7 +69,7 @@ def test_profile_counts_warmup_and_timed_batches() -> None:
     assert model.calls == [(32, 3, 16, 16)] * 6
     assert not model.training_flag
     assert result["throughput_img_s"] > 0 and math.isfinite(result["throughput_img_s"])
-    assert result["peak_memory_mb"] > 0 and result["memory_kind"] == "cpu_tensor_peak"
+    assert result["peak_memory_mb"] > 0 and result["memory_measure"] == "cpu_tensor_peak"
     assert result["cpu_peak_rss_mb"] > 0
     assert result["batch_size"] == 32 and result["timed_batches"] == 3 and result["image_size"] == 16
 
@@ -81,9 +80,15 @@ class _Holding(AnomalyModel):
     name = "holding"
 
     def __init__(self) -> None:
-        self.bank = torch.zeros(MiB)  # 4 MiB (float32): state, like a memory bank
-        self.bank_view = self.bank[:10]  # a view of the same storage: counted once
+        self.state = torch.nn.Module()
+        self.state.register_buffer("bank", torch.zeros(MiB))  # 4 MiB (float32): state, like a memory bank
+        self.state.register_buffer("bank_view", self.state.bank[:10], persistent=False)  # same storage: counted once
+        self.bank = self.state.bank
         self.training_cache = {"features": torch.zeros(4 * MiB)}  # 16 MiB, not inference state
+        self.scratch_attribute = torch.zeros(MiB)  # a tensor outside inference_modules(): not counted
+
+    def inference_modules(self) -> list[torch.nn.Module]:
+        return [self.state]
 
     def fit(self, train, val):
         return {}
@@ -145,15 +150,12 @@ def test_bf16_changes_image_auroc_by_less_than_half_a_point(tiny_cfg) -> None:
         "dataset.synthetic.n_test_good=20",
         "dataset.synthetic.n_per_defect=6",
     )
-    device = torch.device("cpu")
-    weights = resolve_weights("resnet18", "random")
-    _, train, val, test = runner.load_data(cfg)
-    model = runner.build_model(cfg.model)
-    model.setup(runner.make_context(cfg, device, weights))
-    model.fit(train, val)
+    job = runner.prepare(cfg)
+    model, test, device = job.model, job.test, job.device
+    model.fit(job.train, job.val)
     aurocs = {}
-    for precision in ("fp32", "bf16"):
-        model.ctx.precision = precision
+    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        model.net.autocast_dtype = dtype
         _, scores, _ = runner.predict_all(model, test, device, batch_size=16, progress=False)
         aurocs[precision] = image_auroc(test.labels, scores)
     print(f"\nsame ULSAD, image AUROC fp32 {aurocs['fp32']:.4f} bf16 {aurocs['bf16']:.4f}")

@@ -19,12 +19,10 @@ from omegaconf import OmegaConf
 
 from tests.conftest import TINY_DATA, compose_config, mvtec_cfg, tiny_mvtec
 from ulsad_bench import runner
-from ulsad_bench.config import NON_RESULT_KEYS, compose, run_subdir
+from ulsad_bench.config import NON_RESULT_KEYS, REPO, compose, run_subdir
 from ulsad_bench.records import ATTEMPTS_DIR, RECORD_NAME, config_hash, find_records, inspect_record
 from ulsad_bench.records import main as records_main
 from ulsad_bench.report.load import experiment_config, load_results
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _bytes(run_dir: Path) -> dict[str, bytes]:

@@ -85,9 +85,9 @@ def write_run(
         "precision": "fp32",
         "config_hash": config_hash(config),
         "config": config,
-        "weights": {"kind": weights, "random_init_seed": 0}
+        "weights": {"policy": weights, "random_init_seed": 0}
         if weights == "random"
-        else {"kind": weights, "file": "w.pth", "sha256": "ab" * 32},
+        else {"policy": weights, "file": "w.pth", "sha256": "ab" * 32},
         "finished": f"2026-01-01T00:00:{seed:02d}+00:00",
     }
     if status == "ok":
@@ -118,8 +118,13 @@ def write_run(
     return run_dir
 
 
-GPU = {"throughput_img_s": 33.0, "peak_memory_mb": 2048.0, "memory_kind": "cuda_max_allocated", "device": "H200"}
-CPU = {"throughput_img_s": 5.0, "peak_memory_mb": 1536.0, "memory_kind": "cpu_tensor_peak", "device": "cpu (2 threads)"}
+GPU = {"throughput_img_s": 33.0, "peak_memory_mb": 2048.0, "memory_measure": "cuda_max_allocated", "device": "H200"}
+CPU = {
+    "throughput_img_s": 5.0,
+    "peak_memory_mb": 1536.0,
+    "memory_measure": "cpu_tensor_peak",
+    "device": "cpu (2 threads)",
+}
 KINDS = {"logical": {"image_auroc": 0.7, "pixel_auroc": 0.6, "aupro": 0.5}}
 KINDS["structural"] = {"image_auroc": 0.95, "pixel_auroc": 0.9, "aupro": 0.85}
 
@@ -297,7 +302,7 @@ def test_table4_efficiency_units_and_marks(report) -> None:
     path = report.out / "table04_efficiency_mvtec_loco.md"
     assert md_row(path, "Throughput (img/s) ↑") == ["<u>5.00 ± 0.00</u><sup>†3</sup>", "—", "**33.00 ± 0.00**"]
     # memory: lower is better; PaDiM's is measured on CPU (§), 1536 MiB = 1.50 GB
-    assert md_row(path, "GPU memory (GB) ↓") == ["**1.50 ± 0.00**<sup>†3 §</sup>", "—", "<u>2.00 ± 0.00</u>"]
+    assert md_row(path, "Peak memory (GB) ↓") == ["**1.50 ± 0.00**<sup>†3 §</sup>", "—", "<u>2.00 ± 0.00</u>"]
     text = path.read_text()
     assert "no efficiency measurement in the records: PatchCore / MVTec-LOCO" in text
     assert "MEMORY MEASURED ON CPU" in text

@@ -7,6 +7,7 @@ import pytest
 from matplotlib.image import imread
 
 from tests.test_report import write_results
+from ulsad_bench.artifacts import MapPreview
 from ulsad_bench.report import build_report, load_results
 from ulsad_bench.report.figures import RunMaps, choose_images, maps_figure, methods_figure
 from ulsad_bench.report.studies import quantile_study
@@ -46,16 +47,16 @@ def test_choose_images_takes_the_first_of_each_anomalous_type() -> None:
 
 def _run(label: str, with_branches: bool, paths: list[str]) -> RunMaps:
     rng = np.random.default_rng(0)
-    arrays = {
-        "image": rng.integers(0, 255, (len(paths), 3, 8, 8), dtype=np.uint8),
-        "mask": np.ones((len(paths), 8, 8), bool),
-        "map": rng.random((len(paths), 8, 8)).astype(np.float16),
-        "path": np.array(paths),
-        "defect_type": np.array(["logical"] * len(paths)),
-    }
+    preview = MapPreview(
+        image=rng.integers(0, 255, (len(paths), 3, 8, 8), dtype=np.uint8),
+        mask=np.ones((len(paths), 8, 8), bool),
+        map=rng.random((len(paths), 8, 8)).astype(np.float16),
+        path=np.array(paths),
+        defect_type=np.array(["logical"] * len(paths)),
+    )
     if with_branches:
-        arrays |= {"map_local": arrays["map"], "map_global": arrays["map"]}
-    return RunMaps(label, 0, random_init=True, arrays=arrays)
+        preview.extras = {"local": preview.map, "global": preview.map}
+    return RunMaps(label, 0, random_init=True, preview=preview)
 
 
 def test_map_figures_columns() -> None:

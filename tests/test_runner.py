@@ -13,11 +13,11 @@ import pytest
 
 from tests.conftest import TINY_DATA, compose_config
 from ulsad_bench import runner
+from ulsad_bench.config import REPO
 from ulsad_bench.metrics import image_auroc
 from ulsad_bench.records import RECORD_NAME
 from ulsad_bench.report.naming import ALL_METRICS, SPRO_METRICS
 
-REPO = Path(__file__).resolve().parent.parent
 RECORD_FIELDS = {
     "status",
     "config",
@@ -44,7 +44,7 @@ def test_record_has_every_field_and_traceable_metrics(tiny_cfg, tmp_path: Path) 
     assert record["status"] == "ok", record.get("error")
     on_disk = json.loads((tmp_path / "run" / RECORD_NAME).read_text())
     assert set(on_disk) >= RECORD_FIELDS
-    assert on_disk["weights"] == {"kind": "random", "random_init_seed": 0}
+    assert on_disk["weights"] == {"policy": "random", "random_init_seed": 0}
     assert set(on_disk["data"]) >= {"train", "val", "test_normal", "test_anomalous"}
     assert set(on_disk["metrics_by_kind"]) == {"logical", "structural"}
     for metrics in [on_disk["metrics"], *on_disk["metrics_by_kind"].values()]:
@@ -117,19 +117,20 @@ def test_model_with_its_own_backbone_needs_no_configured_weights_file(
     tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """DFR-like models use backbone.weights as a policy only: a missing resnet18 file is no error."""
-    from ulsad_bench.models.backbone import BackboneSpec, WeightsInfo
+    from ulsad_bench.models import backbone
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    seen: dict[str, WeightsInfo] = {}
+    seen: dict[str, str] = {}
+    resolve = backbone.resolve_weights
 
-    def fake_spec(self, name: str) -> BackboneSpec:
-        seen["policy"] = self.backbone.weights
-        return BackboneSpec(name, WeightsInfo(kind="random", random_init_seed=0))
+    def fake_resolve(name: str, weights: str, *args: object) -> backbone.WeightsInfo:
+        seen[name] = weights
+        return resolve(name, "random", 0) if name == "vgg19" else resolve(name, weights, *args)
 
-    monkeypatch.setattr("ulsad_bench.models.base.RunContext.backbone_spec", fake_spec)
+    monkeypatch.setattr(backbone, "resolve_weights", fake_resolve)
     record = runner.run(tiny_cfg("model=dfr", "model.epochs=1", "backbone.weights=imagenet"), tmp_path / "dfr")
     assert record["status"] == "ok", record.get("error")
-    assert seen["policy"].kind == "imagenet" and seen["policy"].file is None
+    assert seen == {"vgg19": "imagenet"}  # only the network DFR runs on is resolved, under the policy
     assert record["backbone"] == "vgg19"
     failed = runner.run(tiny_cfg("model=padim", "backbone.weights=imagenet"), tmp_path / "padim")
     assert failed["status"] == "failed" and "resnet18-5c106cde.pth" in failed["error"]

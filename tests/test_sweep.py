@@ -14,10 +14,9 @@ import pytest
 
 from tests.conftest import TINY_DATA
 from ulsad_bench import runner
+from ulsad_bench.config import REPO
 from ulsad_bench.records import RECORD_NAME, find_records
 from ulsad_bench.sweep import summarize_sweep
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _multirun(out: Path, cache: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -44,6 +43,11 @@ def test_parallel_launcher_runs_jobs_in_processes(shared_cache: Path, tmp_path: 
     records = _records(tmp_path / "out")
     assert sorted(r["seed"] for r in records) == [0, 1] and all(r["status"] == "ok" for r in records)
     assert "sweep summary: 2 ran, 0 skipped (already done), 0 failed, 0 missing" in result.stdout
+    # one progress line per job, from joblib's worker processes: they count this sweep's outcome files (two
+    # jobs ending at once may both count 2)
+    progress = [line.split(",")[0] for line in result.stdout.splitlines() if line.startswith("[sweep] ")]
+    assert len(progress) == 2 and "[sweep] 2/2 done" in progress, result.stdout[-3000:]
+    assert set(progress) <= {"[sweep] 1/2 done", "[sweep] 2/2 done"}
 
 
 def test_submitit_local_launcher_runs_jobs_in_subprocesses(shared_cache: Path, tmp_path: Path) -> None:
@@ -265,7 +269,7 @@ def test_make_sweep_covers_every_category_model_and_seed(shared_cache: Path, tmp
 
 
 def test_category_all_expands_into_a_multirun() -> None:
-    from ulsad_bench.sweep import expand_all_categories
+    from ulsad_bench.config import expand_all_categories
 
     assert expand_all_categories(["dataset=mvtec_loco", "dataset.category=all", "seed=0"]) == [
         "-m",
@@ -278,7 +282,7 @@ def test_category_all_expands_into_a_multirun() -> None:
 
 
 def test_category_all_follows_the_dataset_an_experiment_preset_chooses() -> None:
-    from ulsad_bench.sweep import expand_all_categories
+    from ulsad_bench.config import expand_all_categories
 
     expanded = expand_all_categories(["+experiment=fig7_backbones", "dataset.category=all", "seed=0,1"])
     assert expanded[expanded.index("+experiment=fig7_backbones") + 1].startswith("dataset.category=breakfast_box,")
@@ -392,7 +396,8 @@ def test_make_sweep_exits_non_zero_when_a_job_failed_and_still_writes_tables(tmp
 
 
 def test_sweeps_and_flags_in_the_arguments_do_not_break_the_expansion(monkeypatch, capsys) -> None:
-    from ulsad_bench.sweep import expand_all_categories, main
+    from ulsad_bench.config import expand_all_categories
+    from ulsad_bench.sweep import main
 
     expanded = expand_all_categories(["-m", "--cfg", "job", "dataset.category=all", "backbone=resnet18,resnet50"])
     assert "dataset.category=texture,pinbox" in expanded

@@ -11,9 +11,16 @@ from ulsad_bench import runner
 from ulsad_bench.features import FeatureCache
 from ulsad_bench.models.filters import GaussianBlur
 from ulsad_bench.models.ulsad import Ulsad
-from ulsad_bench.models.ulsad.losses import attention_map, direction, distance_loss, distance_map, magnitude
+from ulsad_bench.models.ulsad.losses import (
+    attention_map,
+    attention_targets,
+    direction,
+    distance_loss,
+    distance_map,
+    magnitude,
+)
 from ulsad_bench.models.ulsad.model import resolve_output_relu
-from ulsad_bench.models.ulsad.networks import FeatureAggregator, FeatureReconstructionNetwork, GlobalAutoencoder
+from ulsad_bench.models.ulsad.torch_model import FeatureAggregator, FeatureReconstructionNetwork, GlobalAutoencoder
 
 # A small ULSAD: c* = 32 at 64 px (feature maps 8 x 8), for plumbing tests.
 TINY_ULSAD = [
@@ -146,11 +153,11 @@ def test_training_lowers_the_loss_and_records_settings(tiny_cfg, tmp_path) -> No
 def test_ablation_switches_change_the_losses() -> None:
     model = Ulsad(feature_dim=8, loss_pg="l2", loss_lg=False)
     u, u_tilde, u_hat = torch.randn(2, 8, 4, 4), torch.randn(2, 16, 4, 4), torch.randn(2, 8, 4, 4)
-    losses = model._losses(u, u_tilde, u_hat)
+    losses = model.loss(u, u_tilde, u_hat)
     assert set(losses) == {"pl", "pg"}
     assert losses["pg"] == pytest.approx(float(distance_loss(u_hat, u, 0.5)))  # L^d_pg: U^ against U
-    assert set(Ulsad(feature_dim=8, loss_pg="none", branch="local", loss_lg=False)._losses(u, u_tilde, u_hat)) == {"pl"}
-    full = Ulsad(feature_dim=8)._losses(u, u_tilde, u_hat)
+    assert set(Ulsad(feature_dim=8, loss_pg="none", branch="local", loss_lg=False).loss(u, u_tilde, u_hat)) == {"pl"}
+    full = Ulsad(feature_dim=8).loss(u, u_tilde, u_hat)
     assert full["lg"] == pytest.approx(float(distance_loss(u_tilde[:, 8:], u_hat, 0.5)))  # Eq. 6 uses U''
 
 
@@ -183,12 +190,10 @@ def test_precomputed_attention_targets_train_as_per_step_ones(tiny_cfg, tmp_path
         assert record["status"] == "ok", record.get("error")
         losses[cached] = record["fit"]["loss_total_per_epoch"]
     assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
-    model = Ulsad(feature_dim=8, batch_size=3)
-    model.ctx = type("Ctx", (), {"device": torch.device("cpu")})()
-    model.register_stats(torch.randn(8), torch.rand(8) + 0.5)
+    mean, std = torch.randn(1, 8, 1, 1), torch.rand(1, 8, 1, 1) + 0.5
     features = torch.randn(7, 8, 4, 4)
-    targets = model.attention_targets(features)  # in batches of 3: 3 + 3 + 1
-    u = model._standardize(features)
+    targets = attention_targets(features, lambda f: (f - mean) / std, batch_size=3)  # 3 + 3 + 1
+    u = (features - mean) / std
     assert torch.allclose(targets, attention_map(u, u), atol=1e-6)
 
 

@@ -1,16 +1,15 @@
 """ulsad-bench: a benchmark harness reproducing ULSAD (TMLR 2024) and its baselines."""
 
 import os
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .config import run_subdir
+from .config import REPO, run_subdir
 
 __version__ = "0.1.0"
 
 # conf/config.yaml finds the presets in <repo>/experiments through this, from any directory.
-os.environ.setdefault("ULSAD_BENCH_ROOT", str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("ULSAD_BENCH_ROOT", str(REPO))
 
 
 def _variant_suffix(variant: object) -> str:

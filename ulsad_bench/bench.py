@@ -1,74 +1,73 @@
 """``make bench``: inference throughput and peak memory of every model side by side (Table 4).
 
-All models run in one process, one after the other, on the same device, images and batch
-size, through the one protocol of :mod:`ulsad_bench.profiling`. The paper's setting is the
-default: 256 x 256 images, Wide-ResNet-50-2, batches of 32. Each model is fitted first on a
-synthetic training set of ``--train-images`` images (default 354, the mean training-set size
-of an MVTec LOCO category: 1772 / 5), so that PatchCore's memory bank has a realistic size
-(10 % coreset of 354 x 32 x 32 patches = 36,250 entries). Training length does not change
-inference cost, so iterative models train only briefly here (stated in the output).
-Backbone weights default to random initialisation: speed and memory do not depend on the
-weight values (``--weights imagenet`` uses the cached ImageNet file instead).
+Every model is one job built by the harness's own pipeline (:func:`ulsad_bench.runner.prepare`,
+as ``run.py`` builds it), composed from its preset ``experiments/bench/<model>.yaml``: the
+paper's setting (``bench/table4.yaml``: 256 x 256 images, Wide-ResNet-50-2, batches of 32,
+memory banks from 354 training images), fitted, then measured through the one protocol of
+:mod:`ulsad_bench.profiling`. Iterative models train briefly (inference cost does not depend on
+training length); weights are random by default (speed and memory do not depend on their values).
 
-It also times one ULSAD training epoch with the frozen features read from the cache against
-one that runs the backbone on every batch, and writes ``reports/efficiency.json`` and
-``reports/efficiency.md``.
+ULSAD's training epoch is timed twice, as two configured jobs: with the frozen features
+precomputed once (the default, ``model.precompute_features=true``) and recomputed on every
+batch (``false``); the epoch times come from the fit's record (``fit.timing.epoch_s``). Writes
+``reports/efficiency.json`` and ``reports/efficiency.md``.
+
+Extra Hydra overrides apply to every model (``device=cuda``), or to one model with
+``MODEL:key=value``. ``--precisions fp32,bf16`` (the default on CUDA; ``make bench DEVICE=cuda``)
+measures every fitted model again under bf16 autocast with channels-last modules, and reports
+its test image AUROC against fp32's (flagged beyond 0.5 points). On CUDA, timing runs with
+``cudnn.benchmark`` on and deterministic algorithms off (recorded), since outputs are not used.
+``device=cuda`` on a machine without CUDA stops before anything runs (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from .environment import describe_device, resolve_device, seed_everything
-from .models.backbone import resolve_weights
-from .profiling import profile_inference, synchronize
-from .records import write_json_atomic
-from .runner import build_model, crop_for_model, load_data, make_context
+from .artifacts import write_json_atomic
+from .config import EXPERIMENTS_DIR, compose
+from .environment import describe_device, resolve_device
+from .metrics import image_auroc
+from .profiling import profile_inference
+from .runner import predict_all, prepare
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-# Short training for the iterative models: inference cost does not depend on it (nor on where
-# EfficientAD's teacher weights come from: the same network either way).
-SHORT_TRAINING = {
-    "ulsad": ["model.epochs=1"],
-    "dfr": ["model.epochs=1"],
-    "efficientad": ["model.steps=20", "model.distillation.steps=20", "model.teacher=distilled", "model.penalty=off"],
-}
 GOALS = "ULSAD throughput >= PatchCore and >= 2x DFR; ULSAD memory <= 40% of PatchCore; cached epoch >= 1.3x faster"
+#: PatchCore last: the glibc setting its fit applies is process-wide and slows CPU work, so
+#: models after it would not be measured as in their own jobs
+DEFAULT_MODELS = "ulsad,padim,efficientad,dfr,patchcore"
+PRESETS = EXPERIMENTS_DIR / "bench"
+PRECISIONS = ("fp32", "bf16")
+#: bf16 may move the test image AUROC by less than this against fp32 (the tests' tolerance)
+AUROC_TOLERANCE_POINTS = 0.5
 
 
-def compose_bench_config(model: str, args: argparse.Namespace) -> Any:
-    overrides = [
-        f"model={model}",
-        "dataset=synthetic",
-        "dataset.category=pinbox",
-        f"dataset.image_size={args.image_size}",
-        f"dataset.synthetic.resolution={args.image_size}",
-        f"dataset.synthetic.n_train={args.train_images}",
-        "dataset.synthetic.n_validation=8",
-        "dataset.synthetic.n_test_good=8",
-        "dataset.synthetic.n_per_defect=4",
-        f"backbone={args.backbone}",
-        f"backbone.weights={args.weights}",
-        f"device={args.device}",
-        f"precision={args.precision}",
-        f"cache_dir={args.cache_dir}",
-        f"progress={str(args.progress).lower()}",
-        *SHORT_TRAINING.get(model, []),
-        *[
-            o.split(":", 1)[1] if ":" in o.split("=", 1)[0] else o
-            for o in args.override
-            if ":" not in o.split("=", 1)[0] or o.split(":", 1)[0] == model
-        ],
-    ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+def model_overrides(model: str, overrides: list[str]) -> list[str]:
+    """The overrides for ``model``: every plain one, and ``MODEL:key=value`` ones of this model."""
+    out = []
+    for line in overrides:
+        head = line.split("=", 1)[0]
+        if ":" in head:
+            owner, line = line.split(":", 1)
+            if owner != model:
+                continue
+        out.append(line)
+    return out
+
+
+def bench_config(model: str, overrides: list[str], *extra: str) -> Any:
+    """The bench job of ``model``: its preset ``experiments/bench/<model>.yaml`` (a model without
+    one: Table 4's setting with ``model=<model>``), then the command line's overrides."""
+    preset = [f"+bench={model}"] if (PRESETS / f"{model}.yaml").is_file() else ["+bench=table4", f"model={model}"]
+    return compose([*preset, *model_overrides(model, overrides), *extra])
 
 
 def _release() -> None:
@@ -77,56 +76,76 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def bench_model(name: str, args: argparse.Namespace, epoch_timing: bool) -> dict[str, Any]:
-    cfg = compose_bench_config(name, args)
-    seed_everything(0)
-    device = resolve_device(str(cfg.device))
-    weights = resolve_weights(
-        str(cfg.backbone.name), str(cfg.backbone.weights), 0, bool(cfg.backbone.get("verify", True))
-    )
-    _, train, val, test = load_data(cfg)
-    train, val, test = crop_for_model(cfg, train, val, test)  # PatchCore at its 224-of-256 crop, as it runs
-    model = build_model(cfg.model)
-    model.setup(make_context(cfg, device, weights))
-    feature_s = None
-    if epoch_timing and name == "ulsad":  # features computed (or read from the disk cache) apart from the fit
-        start = time.perf_counter()
-        model.features(train)
-        feature_s = time.perf_counter() - start
+@contextmanager
+def inference_precision(model: Any, device: torch.device, precision: str) -> Iterator[None]:
+    """Inference as configured (``fp32``), or under bf16 autocast with the inference modules in
+    channels-last memory format on CUDA (``bf16``), for any model."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"--precisions: expected a comma-separated subset of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
+    if precision == "fp32":
+        yield
+        return
+    modules = model.inference_modules() if device.type == "cuda" else []
+    for module in modules:
+        module.to(memory_format=torch.channels_last)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    finally:
+        for module in modules:
+            module.to(memory_format=torch.contiguous_format)
+
+
+def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[str, Any]:
+    """Fit the model's bench job and measure its inference at each precision (the first one's
+    figures at the top level), with the test image AUROC of each against the first's; for ULSAD
+    also its training epoch with and without precomputed features."""
+    cfg = bench_config(name, overrides)
+    job = prepare(cfg)
+    if job.device.type == "cuda":  # outputs are not used for results: the fastest kernels
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.deterministic = False
+        torch.use_deterministic_algorithms(False)
     start = time.perf_counter()
-    model.fit(train, val)
+    fit = job.model.fit(job.train, job.val)
     fit_s = time.perf_counter() - start
-    result = profile_inference(
-        model,
-        test.images,
-        device,
-        batch_size=args.batch_size,
-        warmup_batches=args.warmup,
-        timed_batches=args.timed,
-        precision=args.precision,
-    )
+    profile = cfg.profile
+    measured: dict[str, dict[str, Any]] = {}
+    for precision in precisions:
+        with inference_precision(job.model, job.device, precision):
+            figures = profile_inference(
+                job.model,
+                job.test.images,
+                job.device,
+                batch_size=int(profile.batch_size),
+                warmup_batches=int(profile.warmup_batches),
+                timed_batches=int(profile.timed_batches),
+                precision=precision,
+            )
+            scores = predict_all(job.model, job.test, job.device, int(cfg.eval_batch_size), progress=False)[1]
+        figures["image_auroc"] = round(float(image_auroc(job.test.labels, scores)), 6)
+        figures["image_auroc_points_vs_first"] = round(
+            100 * (figures["image_auroc"] - next(iter(measured.values()), figures)["image_auroc"]), 3
+        )
+        figures["within_tolerance"] = abs(figures["image_auroc_points_vs_first"]) < AUROC_TOLERANCE_POINTS
+        measured[precision] = figures
+    result = {**measured[precisions[0]], "precisions": measured}
     result["fit_s_short_training"] = round(fit_s, 2)
-    result["train_images"] = len(train)
-    if epoch_timing and name == "ulsad":
-        features = model.features(train)  # cached by fit
-        if device.type == "cuda":
-            features = features.to(device)
-        start = time.perf_counter()
-        targets = model.attention_targets(features) if model.cache_attention_target else None
-        synchronize(device)
-        result["attention_targets_s_once"] = round(time.perf_counter() - start, 3)
-        timings = {}
-        for label, feats, targ in (("cached", features, targets), ("uncached", None, None)):
-            start = time.perf_counter()
-            model._train(train, feats, epochs=1, targets=targ)
-            synchronize(device)
-            timings[label] = time.perf_counter() - start
-        result["feature_extraction_s"] = round(feature_s or 0.0, 3)
-        result["train_epoch_s_cached"] = round(timings["cached"], 3)
-        result["train_epoch_s_uncached"] = round(timings["uncached"], 3)
-        del features, targets
-    del model
-    _release()
+    result["train_images"] = len(job.train)
+    result["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+    result["deterministic"] = bool(torch.are_deterministic_algorithms_enabled())
+    if name == "ulsad":
+        timing = fit["timing"]
+        result["feature_extraction_s"] = timing.get("features_s", 0.0)
+        result["attention_targets_s_once"] = timing.get("attention_targets_s", 0.0)
+        result["train_epoch_s_cached"] = timing["epoch_s"][0]
+        del job
+        _release()
+        uncached = prepare(bench_config(name, overrides, "model.precompute_features=false"))
+        timing = uncached.model.fit(uncached.train, uncached.val)["timing"]
+        result["train_epoch_s_uncached"] = timing["epoch_s"][0]
     return result
 
 
@@ -138,24 +157,31 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Device: {report['device']}. Images {report['image_size']} x {report['image_size']}, batch "
         f"{report['batch_size']}, {report['warmup_batches']} warm-up + {report['timed_batches']} timed batches, "
-        f"precision {report['precision']}, backbone {report['backbone']} ({report['weights']} weights), "
+        f"precisions {', '.join(report['precisions'])} (bf16: autocast, channels-last on CUDA), cudnn.benchmark "
+        f"{report.get('cudnn_benchmark')}, deterministic algorithms {report.get('deterministic')}, "
+        f"backbone {report['backbone']} ({report['weights']} weights), "
         f"memory banks from {report['train_images']} training images. Each model runs as in its own job: "
         "PatchCore last, as it sets glibc's mmap threshold for its process (field malloc_mmap_threshold).",
         "",
-        "| Model | Throughput (img/s) | vs ULSAD | Peak memory (MB) | vs ULSAD | Memory measured as |",
-        "|---|---:|---:|---:|---:|---|",
+        "| Model | Precision | Throughput (img/s) | vs ULSAD | Peak memory (MB) | vs ULSAD | I-AUROC vs first "
+        "precision (points) | Memory measured as |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, result in models.items():
         if "error" in result:
             error = " ".join(str(result["error"]).split()).replace("|", "/")
-            lines.append(f"| {name} | failed: {error} | | | | |")
+            lines.append(f"| {name} | | failed: {error} | | | | | |")
             continue
-        t_ratio = f"{result['throughput_img_s'] / reference['throughput_img_s']:.2f}x" if reference else "—"
-        m_ratio = f"{result['peak_memory_mb'] / reference['peak_memory_mb']:.2f}x" if reference else "—"
-        lines.append(
-            f"| {name} | {result['throughput_img_s']:.2f} | {t_ratio} | {result['peak_memory_mb']:.0f} | {m_ratio} "
-            f"| {result['memory_kind']} |"
-        )
+        for precision, figures in result.get("precisions", {result.get("precision", ""): result}).items():
+            ref = (reference or {}).get("precisions", {}).get(precision, reference) if reference else None
+            t_ratio = f"{figures['throughput_img_s'] / ref['throughput_img_s']:.2f}x" if ref else "—"
+            m_ratio = f"{figures['peak_memory_mb'] / ref['peak_memory_mb']:.2f}x" if ref else "—"
+            delta = figures.get("image_auroc_points_vs_first")
+            delta_text = "—" if delta is None else f"{delta:+.2f}" + ("" if figures.get("within_tolerance") else " (!)")
+            lines.append(
+                f"| {name} | {precision} | {figures['throughput_img_s']:.2f} | {t_ratio} | "
+                f"{figures['peak_memory_mb']:.0f} | {m_ratio} | {delta_text} | {figures['memory_measure']} |"
+            )
     if "ulsad_train_epoch_s_cached" in report:
         lines += [
             "",
@@ -187,70 +213,62 @@ def check_goals(report: dict[str, Any]) -> dict[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # PatchCore last: the glibc setting its fit applies is process-wide and slows CPU work, so
-    # models after it would not be measured as in their own jobs
-    parser.add_argument("--models", default="ulsad,padim,efficientad,dfr,patchcore")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--backbone", default="wide_resnet50_2")
-    parser.add_argument("--weights", default="random")
-    parser.add_argument("--train-images", type=int, default=354)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--timed", type=int, default=5)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--cache-dir", default=".cache/ulsad_bench")
+    parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--out", type=Path, default=Path("reports"))
-    parser.add_argument("--progress", action="store_true")
     parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        help="extra Hydra override, repeatable; MODEL:key=value applies to one model only",
+        "--precisions", default=None, help="comma-separated from fp32,bf16 (default: fp32,bf16 on CUDA, fp32 on CPU)"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides for every model (device=cuda precision=bf16), or MODEL:key=value for one",
     )
     args = parser.parse_args(argv)
-
-    device = resolve_device(args.device)
-    report: dict[str, Any] = {
-        "device": describe_device(device),
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "warmup_batches": args.warmup,
-        "timed_batches": args.timed,
-        "precision": args.precision,
-        "backbone": args.backbone,
-        "weights": args.weights,
-        "train_images": args.train_images,
-        "models": {},
-    }
     names = [m for m in args.models.split(",") if m]
     names = [m for m in names if m != "patchcore"] + [m for m in names if m == "patchcore"]
+    setting = bench_config(names[0] if names else "padim", args.overrides)
+    try:
+        device = resolve_device(str(setting.device))
+    except RuntimeError as err:  # make bench DEVICE=cuda on a machine without CUDA: nothing is run
+        print(f"bench: {err}; nothing was measured (run on a machine with a CUDA GPU, or drop DEVICE)", file=sys.stderr)
+        return 2
+    precisions = (args.precisions or ("fp32,bf16" if device.type == "cuda" else "fp32")).split(",")
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            parser.error(f"--precisions: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    report: dict[str, Any] = {
+        "device": describe_device(device),
+        "precisions": precisions,
+        "image_size": int(setting.dataset.image_size),
+        "batch_size": int(setting.profile.batch_size),
+        "warmup_batches": int(setting.profile.warmup_batches),
+        "timed_batches": int(setting.profile.timed_batches),
+        "precision": str(setting.precision),
+        "backbone": str(setting.backbone.name),
+        "weights": str(setting.backbone.weights),
+        "train_images": int(setting.dataset.synthetic.n_train),
+        "overrides": list(args.overrides),
+        "models": {},
+    }
     for name in names:
         print(f"[bench] {name} ...", flush=True)
         try:
-            result = bench_model(name, args, epoch_timing=True)
+            result = bench_model(name, args.overrides, precisions)
         except Exception as err:  # one model's failure is reported, the others still run
             result = {"error": f"{type(err).__name__}: {err}"}
-            _release()
+        _release()
         report["models"][name] = result
         summary = result.get("error") or f"{result['throughput_img_s']:.2f} img/s, {result['peak_memory_mb']:.0f} MB"
         print(f"[bench] {name}: {summary}", flush=True)
-        if name == "ulsad" and "train_epoch_s_cached" in result:
+        if name == "ulsad" and "train_epoch_s_uncached" in result:
             report["ulsad_train_epoch_s_cached"] = result["train_epoch_s_cached"]
             report["ulsad_train_epoch_s_uncached"] = result["train_epoch_s_uncached"]
             report["ulsad_epoch_speedup"] = round(result["train_epoch_s_uncached"] / result["train_epoch_s_cached"], 3)
             report["ulsad_attention_targets_s_once"] = result["attention_targets_s_once"]
             report["ulsad_feature_extraction_s"] = result["feature_extraction_s"]
-    report["models"] = {
-        name: {
-            "throughput_img_s": r.get("throughput_img_s"),
-            "peak_memory_mb": r.get("peak_memory_mb"),
-            "device": r.get("device"),
-            "batch_size": r.get("batch_size"),
-            **r,
-        }
-        for name, r in report["models"].items()
-    }
+    ok = [r for r in report["models"].values() if "error" not in r]
+    if ok:
+        report["cudnn_benchmark"], report["deterministic"] = ok[0]["cudnn_benchmark"], ok[0]["deterministic"]
     report["goals"] = check_goals(report)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "efficiency.json", report)

@@ -1,4 +1,5 @@
-"""Where the configs live, how they are composed, and which keys change a job's results.
+"""Where the configs live, how they are composed (:func:`compose`, and the expansion of
+``dataset.category=all``: :func:`expand_all_categories`), and which keys change a job's results.
 
 One definition, :data:`NON_RESULT_KEYS`, serves the three places that must agree on it:
 
@@ -36,7 +37,10 @@ NON_RESULT_KEYS: dict[str, str] = {
     "resume": "whether a finished job is skipped",
     "fail_fast": "whether an error is re-raised after its record is written",
     "hydra": "the launcher and Hydra's own settings",
-    "cache": "the caches' size limit: evicting an entry only means recomputing it",
+    "cache": (
+        "the caches' size limit (evicting an entry only means recomputing it) and whether decoded images are "
+        "cached (a hit returns the decoded bytes)"
+    ),
     # Deliberate choices (see the README, "Where results go"):
     "device": (
         "metrics of one job on CPU and GPU agree to floating-point rounding (deterministic kernels); the device a "
@@ -130,3 +134,54 @@ def compose(overrides: Iterable[str] = (), return_hydra_config: bool = False) ->
         return hydra_compose(
             config_name="config", overrides=[searchpath, *overrides], return_hydra_config=return_hydra_config
         )
+
+
+def _parse(argv: Iterable[str]) -> list[Any]:
+    """Hydra overrides among command-line arguments (flags such as ``-m``, ``--cfg job``, ``-cn x``
+    are not overrides: anything without ``=`` or starting with ``-`` is left out)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+
+
+def fixed_overrides(argv: Iterable[str], keep_category: bool = False) -> list[str]:
+    """The overrides to compose one job's config with: no Hydra settings and no sweeps (a sweep
+    over the dataset or an experiment preset is refused: their categories differ)."""
+    fixed = []
+    for override in _parse(argv):
+        key = override.key_or_group
+        if key.startswith("hydra") or (key == "dataset.category" and not keep_category):
+            continue
+        if override.is_sweep_override():
+            if key in ("dataset", "experiment"):
+                raise ValueError(
+                    f"dataset.category=all with a sweep over {override.input_line}: the datasets have different "
+                    "categories; run one multirun per dataset"
+                )
+            continue
+        fixed.append(override.input_line)
+    return fixed
+
+
+def dataset_categories(overrides: list[str]) -> list[str]:
+    """Every category of the dataset that the config composed with ``overrides`` names (an
+    ``+experiment=`` preset may choose the dataset)."""
+    from .data import categories_of, with_category
+
+    cfg = compose(overrides)
+    return categories_of(with_category(cfg.dataset, "all"))
+
+
+def expand_all_categories(argv: list[str]) -> list[str]:
+    """Command-line arguments with ``dataset.category=all`` replaced by the dataset's categories.
+
+    The dataset is the one the whole command line composes to (``dataset=``, or a preset's), so
+    every override takes part; sweeps over other keys do not change it, and a sweep over the
+    dataset itself is refused (its categories differ). The result is a multirun (``-m`` is
+    added when missing).
+    """
+    if "dataset.category=all" not in argv:
+        return list(argv)
+    categories = ",".join(dataset_categories(fixed_overrides(argv)))
+    expanded = [f"dataset.category={categories}" if a == "dataset.category=all" else a for a in argv]
+    return expanded if {"-m", "--multirun"} & set(expanded) else ["-m", *expanded]

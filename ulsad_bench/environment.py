@@ -12,12 +12,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 import torch
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+from .config import REPO
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -111,7 +110,7 @@ def _version(package: str) -> str | None:
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -119,7 +118,7 @@ def git_commit() -> str | None:
         return None
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=PACKAGE_ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=5,

@@ -6,6 +6,7 @@ epochs, seeds and jobs. The key is a dict of those values; its hash names the fi
 ``<directory>/<hash>.pt``, written atomically (temporary file + rename), so parallel jobs
 never read a half-written file; ``<hash>.json`` beside it says what the entry is.
 
+Decoded image splits (:mod:`ulsad_bench.data.decoded`, ``<hash>.npy``) share the folder and its limit.
 The folder is bounded (``cache.max_gb``): after each write the least recently used entries
 (by modification time, which a hit refreshes) are deleted until the folder fits, never the
 entry just written. An evicted entry is recomputed when next needed, with the same values. (A hit
@@ -125,11 +126,16 @@ def _touch(path: Path) -> None:
         os.utime(path)
 
 
+#: Entry files the size limit counts: this cache's tensors and decoded splits (ulsad_bench.data.decoded).
+ENTRY_SUFFIXES = (".pt", ".npy")
+
+
 def cache_entries(directory: Path) -> list[tuple[float, int, Path]]:
-    """``(last use, bytes, path)`` of every ``*.pt`` entry in ``directory``, least recent first."""
+    """``(last use, bytes, path)`` of every entry (``*.pt``, ``*.npy``: :data:`ENTRY_SUFFIXES`)
+    in ``directory``, least recent first."""
     entries = []
-    for path in Path(directory).glob("*.pt"):
-        if path.name.startswith("."):  # another process's entry being written (.tmp-*.pt)
+    for path in (p for suffix in ENTRY_SUFFIXES for p in Path(directory).glob(f"*{suffix}")):
+        if path.name.startswith("."):  # another process's entry being written (.tmp-*.pt, .tmp-*.npy)
             continue
         try:
             stat = path.stat()
@@ -140,7 +146,7 @@ def cache_entries(directory: Path) -> list[tuple[float, int, Path]]:
 
 
 def evict_lru(directory: Path, max_bytes: int, keep: Path | None = None) -> list[str]:
-    """Delete the least recently used entries of ``directory`` (each ``.pt`` with its ``.json``)
+    """Delete the least recently used entries of ``directory`` (each ``.pt`` / ``.npy`` with its ``.json``)
     until the rest total at most ``max_bytes``; ``keep`` is never deleted."""
     entries = cache_entries(directory)
     total = sum(size for _, size, _ in entries)

@@ -33,7 +33,6 @@ import weakref
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -108,17 +107,11 @@ class LiveTensorPeak(TorchDispatchMode):
 
 
 def model_state_storages(model: AnomalyModel) -> dict[int, int]:
-    """Data pointer -> bytes of every storage the model holds for inference: parameters and
-    buffers of its modules (those of :meth:`inference_modules` and module attributes) and its
-    tensor attributes."""
-    modules: list[nn.Module] = list(model.inference_modules())
+    """Data pointer -> bytes of every storage the model holds for inference: the parameters and
+    buffers (persistent or not) of its :meth:`~ulsad_bench.models.base.AnomalyModel.inference_modules`,
+    which hold everything ``predict`` uses."""
     tensors: list[torch.Tensor] = []
-    for value in vars(model).values():
-        if isinstance(value, nn.Module):
-            modules.append(value)
-        elif isinstance(value, torch.Tensor):
-            tensors.append(value)
-    for module in modules:
+    for module in model.inference_modules():
         tensors.extend(module.parameters())
         tensors.extend(module.buffers())
     storages = {}
@@ -169,7 +162,7 @@ def profile_inference(
         images: test images ``[N, 3, S, S]`` (uint8 or float in [0, 1]).
 
     Returns:
-        ``throughput_img_s``, ``peak_memory_mb``, ``memory_kind``, ``device``, ``batch_size``,
+        ``throughput_img_s``, ``peak_memory_mb``, ``memory_measure``, ``device``, ``batch_size``,
         ``timed_batches``, ``warmup_batches``, ``precision``, ``image_size``, ``seconds``,
         ``malloc_mmap_threshold``; on CPU
         also ``cpu_peak_rss_mb`` (for reference, see the module docstring).
@@ -202,7 +195,7 @@ def profile_inference(
     result = {
         "throughput_img_s": round(batch_size * timed_batches / seconds, 3),
         "peak_memory_mb": round(peak / 2**20, 1),
-        "memory_kind": kind,
+        "memory_measure": kind,
         "device": name,
         "batch_size": batch_size,
         "timed_batches": timed_batches,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,10 +34,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import artifacts
+from .artifacts import RECORD_NAME
 from .config import result_config
 
 SCHEMA_VERSION = 2
-RECORD_NAME = "record.json"
 ATTEMPTS_DIR = "attempts"
 RESUME_MODES = ("strict", "config", "off")
 #: versions whose change can change a job's numbers (the record's ``versions`` holds more)
@@ -123,27 +123,9 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(payload, out, indent=2, sort_keys=False, default=str)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_record(run_dir: Path, record: Mapping[str, Any]) -> Path:
-    path = Path(run_dir) / RECORD_NAME
-    write_json_atomic(path, {"schema_version": SCHEMA_VERSION, **record})
-    return path
+    """``<run_dir>/record.json`` with this schema's version (:func:`ulsad_bench.artifacts.write_record`)."""
+    return artifacts.write_record(run_dir, record, SCHEMA_VERSION)
 
 
 @dataclass(frozen=True)
@@ -307,7 +289,7 @@ def summary_line(record: Mapping[str, Any]) -> str:
         line += f" | {kind} I-AUROC {_pct(km['image_auroc'])}"
     timing = record.get("timing") or {}
     line += f" | fit {timing.get('fit_s', 0):.1f}s predict {timing.get('predict_s', 0):.1f}s"
-    if (record.get("weights") or {}).get("kind") == "random":
+    if weights_policy(record) == "random":
         line += " | RANDOM-INIT backbone"
     if is_dirty(record):
         line += " | DIRTY git tree"
@@ -337,3 +319,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def weights_policy(record: Mapping[str, Any]) -> str:
+    """A record's ``weights.policy`` (imagenet / torchvision / file / random; ``kind`` in records
+    written before the field was renamed)."""
+    weights = record.get("weights") or {}
+    return str(weights.get("policy", weights.get("kind", "")))

@@ -1,20 +1,23 @@
-"""One job: check settings -> resume check -> lock -> data -> fit -> predict -> metrics -> record.
+"""One job: check settings -> resume check -> lock -> prepare -> fit -> predict -> metrics -> record.
 
-:func:`run` is a plain function of a composed config (``run.py`` is only its Hydra entry
-point), so tests and scripts call it directly. Whatever happens inside, a record is written
-atomically: status ``ok`` with metrics, or ``failed`` with the error. The job's files are made in
-a fresh ``attempts/`` folder and moved into the run folder only with an ok record, so a failed
-attempt never replaces an ok record or leaves its files beside another record.
+:func:`prepare` builds what a job works on (a :class:`Job`: device, backbone and weights, data
+as the model sees it, the model set up); :func:`run`, ``make bench`` and ``make demo`` (through
+``run.py``) all build their jobs with it. :func:`run` is a plain function of a composed config
+(``run.py`` is only its Hydra entry point), so tests and scripts call it directly. Whatever
+happens inside, a record is written atomically: status ``ok`` with metrics, or ``failed`` with
+the error. The job's files are made in a fresh ``attempts/`` folder and moved into the run
+folder only with an ok record, so a failed attempt never replaces an ok record or leaves its
+files beside another record.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import shutil
 import time
 import traceback
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,16 +29,19 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from .artifacts import JOB_FILES, MapPreview, choose_preview, write_maps, write_predictions
 from .data import LOGICAL, DatasetError, ImageSet, Splits, build_splits, load_image_set
 from .data.channels import DEFECTS_CONFIG, load_channels
+from .data.decoded import DecodedCache
 from .data.sample import check_resize
 from .environment import describe_device, resolve_device, seed_everything, versions
 from .features import FeatureCache
 from .joblock import JobLock, describe_holder
 from .metrics import evaluate
-from .models.backbone import BackboneSpec, WeightsInfo, resolve_weights
+from .models.backbone import BackboneSpec, resolve_backbone
 from .models.base import AnomalyModel, Prediction, RunContext
 from .profiling import profile_inference
+from .protocol import EpochSelection, Protocol, apply_to_splits
 from .records import (
     ATTEMPTS_DIR,
     RECORD_NAME,
@@ -98,37 +104,19 @@ def predict_all(
     return maps, scores, extras
 
 
-def save_predictions(run_dir: Path, test: ImageSet, scores: np.ndarray) -> None:
-    """Per-image scores (``predictions.csv``): the image AUROC can be recomputed from it."""
-    with open(run_dir / "predictions.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "kind", "defect_type", "score"])
-        for sample, score in zip(test.samples, scores, strict=True):
-            writer.writerow([str(sample.path), sample.label, sample.kind, sample.defect_type, f"{score:.9g}"])
-
-
-def save_map_preview(
-    run_dir: Path, test: ImageSet, maps: np.ndarray, extras: dict[str, np.ndarray], per_defect: int
-) -> None:
-    """A few test images with their masks and maps (``maps.npz``) for the report's figures."""
+def map_preview(test: ImageSet, maps: np.ndarray, extras: dict[str, np.ndarray], per_defect: int) -> MapPreview | None:
+    """The first ``per_defect`` test images of every defect type with their maps, for figures."""
     if per_defect <= 0:
-        return
-    chosen: list[int] = []
-    seen: dict[str, int] = {}
-    for i, sample in enumerate(test.samples):
-        if seen.get(sample.defect_type, 0) < per_defect:
-            seen[sample.defect_type] = seen.get(sample.defect_type, 0) + 1
-            chosen.append(i)
-    payload: dict[str, Any] = {
-        "image": test.images[chosen].numpy(),
-        "mask": test.masks[chosen].numpy() if test.masks is not None else np.zeros(0),
-        "map": maps[chosen].astype(np.float16),
-        "path": np.array([str(test.samples[i].path) for i in chosen]),
-        "defect_type": np.array([test.samples[i].defect_type for i in chosen]),
-    }
-    for name, extra in extras.items():
-        payload[f"map_{name}"] = extra[chosen].astype(np.float16)
-    np.savez_compressed(run_dir / "maps.npz", **payload)
+        return None
+    chosen = choose_preview([s.defect_type for s in test.samples], per_defect)
+    return MapPreview(
+        image=test.images[chosen].numpy(),
+        mask=test.masks[chosen].numpy() if test.masks is not None else np.zeros(0, bool),
+        map=maps[chosen],
+        path=np.array([str(test.samples[i].path) for i in chosen]),
+        defect_type=np.array([test.samples[i].defect_type for i in chosen]),
+        extras={name: extra[chosen] for name, extra in extras.items()},
+    )
 
 
 def resize_of(cfg: DictConfig) -> str:
@@ -145,9 +133,14 @@ def model_class(cfg: DictConfig) -> type[AnomalyModel]:
 
 
 def job_splits(cfg: DictConfig) -> Splits:
-    """The category's splits as this job's model reads them (no validation split for a model
-    that uses none, see :func:`ulsad_bench.data.build_splits`)."""
-    return build_splits(cfg.dataset, Path(cfg.cache_dir), uses_validation=model_class(cfg).uses_validation)
+    """The category's splits as listed for this job's model (no validation split for a model
+    that uses none, see :func:`ulsad_bench.data.build_splits`); ``protocol.quantiles_from_test``
+    keeps every training image (the validation split is then made of test images, see
+    :func:`ulsad_bench.protocol.apply_to_splits`)."""
+    dataset = cfg.dataset
+    if Protocol.from_config(cfg).quantiles_from_test:
+        dataset = OmegaConf.merge(dataset, {"val_split": "test_set"})
+    return build_splits(dataset, Path(cfg.cache_dir), uses_validation=model_class(cfg).uses_validation)
 
 
 def center_crop_of(cfg: DictConfig) -> int | None:
@@ -182,21 +175,26 @@ def load_data(cfg: DictConfig, splits: Splits | None = None) -> tuple[Splits, Im
     are applied on top (:func:`crop_for_model`, :func:`attach_channels`)."""
     splits = splits if splits is not None else job_splits(cfg)
     size, progress = int(cfg.dataset.image_size), bool(cfg.progress)
-    options = {"progress": progress, "resize": resize_of(cfg)}
+    decoded = None
+    if bool(cfg.cache.get("decoded_images", False)):  # decoded once per split, shared by every job
+        decoded = DecodedCache(Path(cfg.cache_dir) / "features", max_bytes=int(float(cfg.cache.max_gb) * 2**30))
+    options = {"progress": progress, "resize": resize_of(cfg), "cache": decoded}
     train = load_image_set(splits.train, size, with_masks=False, desc="read train", **options)
     val = load_image_set(splits.val, size, with_masks=False, desc="read val", **options)
     test = load_image_set(splits.test, size, with_masks=True, desc="read test", **options)
     return splits, train, val, test
 
 
-def make_context(cfg: DictConfig, device: torch.device, weights: WeightsInfo) -> RunContext:
-    """What a model receives for this job (device, seed, backbone, caches, precision)."""
-    seed = int(cfg.seed)
+def make_context(
+    cfg: DictConfig, device: torch.device, backbone: BackboneSpec, selection: EpochSelection | None = None
+) -> RunContext:
+    """What a model receives for this job (device, seed, backbone, caches, precision, and the
+    test-set selection it reports its epochs to under ``protocol.select_on_test``)."""
     return RunContext(
         device=device,
-        seed=seed,
+        seed=int(cfg.seed),
         image_size=model_image_size(cfg),
-        backbone=BackboneSpec(str(cfg.backbone.name), weights),
+        backbone=backbone,
         feature_cache=FeatureCache(
             Path(cfg.cache_dir) / "features",
             enabled=bool(cfg.feature_cache),
@@ -205,25 +203,98 @@ def make_context(cfg: DictConfig, device: torch.device, weights: WeightsInfo) ->
         precision=str(cfg.precision),
         progress=bool(cfg.progress),
         log=log.info,
+        on_epoch_end=selection,
     )
 
 
-def configured_weights(cfg: DictConfig, resolve_file: bool = True) -> WeightsInfo:
-    """The configured backbone's weights; with ``resolve_file=False`` only the policy
-    (``imagenet`` / ``torchvision`` / ``random``), for models that load their own network through it."""
-    name, weights, seed = str(cfg.backbone.name), str(cfg.backbone.weights), int(cfg.backbone.random_init_seed)
-    verify = bool(cfg.backbone.get("verify", True))
-    if resolve_file or weights not in ("imagenet", "torchvision", "random"):
-        return resolve_weights(name, weights, seed, verify)
-    # a policy only: nothing verified yet; verified=False carries backbone.verify=false to the model's own network
-    return WeightsInfo(
-        kind=weights, random_init_seed=seed if weights == "random" else None, verified=None if verify else False
+def job_backbone(cfg: DictConfig, model: AnomalyModel) -> BackboneSpec:
+    """The network ``model`` runs on in this job and its weights (``backbone=``, or the model's
+    own network under ``backbone.weights``'s policy): :func:`~ulsad_bench.models.backbone.resolve_backbone`."""
+    return resolve_backbone(
+        str(cfg.backbone.name),
+        str(cfg.backbone.weights),
+        own=model.own_backbone(),
+        random_init_seed=int(cfg.backbone.random_init_seed),
+        verify=bool(cfg.backbone.get("verify", True)),
     )
+
+
+@dataclass
+class Job:
+    """What one job works on, built by :func:`prepare`.
+
+    Attributes:
+        model: built and set up (networks on ``device``), not fitted.
+        backbone: the network the model runs on, with its resolved weights.
+        train, val, test: the splits' images as the model sees them (centre crop applied; the
+            test set with masks and, for MVTec LOCO, ground-truth channels).
+        record: the record's fields this preparation determines (``backbone``, ``weights``,
+            ``data``, ``data_fingerprint``, ``val_source``, ``protocol``, ``test_subset``,
+            ``metric_notes``).
+        selection: the test-set selection of ``protocol.select_on_test`` (None otherwise).
+        load_s: seconds spent reading the images.
+    """
+
+    cfg: DictConfig
+    device: torch.device
+    model: AnomalyModel
+    backbone: BackboneSpec
+    splits: Splits
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    record: dict[str, Any] = field(default_factory=dict)
+    selection: EpochSelection | None = None
+    load_s: float = 0.0
+
+
+def prepare(cfg: DictConfig, splits: Splits | None = None, fingerprint: dict[str, Any] | None = None) -> Job:
+    """Seed, pick the device, build the model, resolve its backbone's weights, read the data and
+    set the model up: everything before ``fit``. ``splits`` / ``fingerprint``: the category's
+    splits and their fingerprint when the caller listed them already (the resume check)."""
+    validate_job(cfg)
+    protocol = Protocol.from_config(cfg)
+    seed_everything(int(cfg.seed), bool(cfg.deterministic))
+    device = resolve_device(str(cfg.device))
+    model = build_model(cfg.model)
+    backbone = job_backbone(cfg, model)
+    listed = splits if splits is not None else job_splits(cfg)
+    fingerprint = fingerprint if fingerprint is not None else listed.fingerprint()
+    splits, test_subset = apply_to_splits(protocol, listed)
+    start = time.perf_counter()
+    splits, train, val, test = load_data(cfg, splits)
+    load_s = time.perf_counter() - start
+    notes = attach_channels(splits, test, resize_of(cfg))
+    channels = len(test.channels or [])
+    train, val, test = crop_for_model(cfg, train, val, test)
+    if channels > len(test.channels or []):
+        lost = channels - len(test.channels or [])
+        notes["spro_crop"] = f"{lost} ground-truth channels lie outside the model's centre crop and are left out"
+    record: dict[str, Any] = {
+        "backbone": backbone.name,
+        "weights": backbone.weights.as_record(),
+        "data": {**splits.counts(), "center_crop": center_crop_of(cfg), "resize": resize_of(cfg)},
+        "data_fingerprint": fingerprint,
+        "val_source": splits.val_source,
+        "protocol": protocol.as_record(),
+    }
+    if test_subset is not None:
+        record["test_subset"] = test_subset
+    if notes:
+        record["metric_notes"] = notes
+    selection = None
+    if protocol.select_on_test:
+        batch_size = int(cfg.eval_batch_size)
+        selection = EpochSelection(
+            labels=test.labels,
+            score=lambda fitted: predict_all(fitted, test, device, batch_size, progress=False)[1],
+            every=protocol.eval_every,
+        )
+    model.setup(make_context(cfg, device, backbone, selection))
+    return Job(cfg, device, model, backbone, splits, train, val, test, record, selection, load_s)
 
 
 SEED_RANGE = 2**32
-#: the files a job writes beside its record (moved into the run folder with an ok record)
-JOB_FILES = ("predictions.csv", "maps.npz")
 
 
 def attach_channels(splits: Splits, test: ImageSet, resize: str = "cv2_linear") -> dict[str, str]:
@@ -250,11 +321,7 @@ def check_inputs(cfg: DictConfig) -> None:
     big. Used by the sweep's pre-flight."""
     validate_job(cfg)
     model = build_model(cfg.model)
-    weights = configured_weights(cfg, resolve_file=model.uses_configured_backbone)
-    own = model.own_backbone()
-    if own is not None:
-        make_context(cfg, torch.device("cpu"), weights).backbone_spec(own)
-    model.check_files(weights.kind)
+    model.check_files(job_backbone(cfg, model).weights.policy)
 
 
 def validate_job(cfg: DictConfig) -> None:
@@ -269,6 +336,7 @@ def validate_job(cfg: DictConfig) -> None:
     model_class(cfg).check_image_size(model_image_size(cfg))
     resize_of(cfg)
     resume_mode(cfg.get("resume", "strict"))
+    Protocol.from_config(cfg)
 
 
 def _execute(
@@ -277,44 +345,22 @@ def _execute(
     """The job itself; its files (predictions, maps) go to ``files_dir``. ``splits`` and
     ``fingerprint``: the category's splits and their fingerprint when the resume check listed
     them already."""
-    seed_everything(int(cfg.seed), bool(cfg.deterministic))
-    device = resolve_device(str(cfg.device))
-    record["device"] = describe_device(device)
-    model = build_model(cfg.model)
-    weights = configured_weights(cfg, resolve_file=model.uses_configured_backbone)
-    record["weights"] = weights.as_record()
+    record["device"] = describe_device(resolve_device(str(cfg.device)))
+    job = prepare(cfg, splits, fingerprint)
+    record.update(job.record)
+    model, test, device = job.model, job.test, job.device
 
     start = time.perf_counter()
-    splits, train, val, test = load_data(cfg, splits)
-    load_s = time.perf_counter() - start
-    record["data"] = splits.counts()
-    record["data_fingerprint"] = fingerprint if fingerprint is not None else splits.fingerprint()
-    record["val_source"] = splits.val_source
-    notes = attach_channels(splits, test, resize_of(cfg))
-    channels = len(test.channels or [])
-    train, val, test = crop_for_model(cfg, train, val, test)
-    if channels > len(test.channels or []):
-        lost = channels - len(test.channels or [])
-        notes["spro_crop"] = f"{lost} ground-truth channels lie outside the model's centre crop and are left out"
-    if notes:
-        record["metric_notes"] = notes
-    record["data"]["center_crop"] = center_crop_of(cfg)
-    record["data"]["resize"] = resize_of(cfg)
-    progress = bool(cfg.progress)
-
-    model.setup(make_context(cfg, device, weights))
-    start = time.perf_counter()
-    record["fit"] = model.fit(train, val)
+    record["fit"] = model.fit(job.train, job.val)
+    if job.selection is not None:  # protocol.select_on_test: the best epoch's state, scored on the test set
+        record["selection"] = job.selection.finish(model)
     fit_s = time.perf_counter() - start
     record["hyperparameters"] = model.hyperparameters()
-    used = model.backbone_used()
-    record["backbone"] = used.name
-    record["weights"] = used.weights.as_record()
 
     start = time.perf_counter()
-    maps, scores, extras = predict_all(model, test, device, int(cfg.eval_batch_size), progress)
+    maps, scores, extras = predict_all(model, test, device, int(cfg.eval_batch_size), bool(cfg.progress))
     predict_s = time.perf_counter() - start
-    record["timing"] = {"load_s": round(load_s, 3), "fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)}
+    record["timing"] = {"load_s": round(job.load_s, 3), "fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)}
 
     if cfg.profile.enabled:
         start = time.perf_counter()
@@ -337,8 +383,10 @@ def _execute(
     record["metrics"] = metrics
     record["metrics_by_kind"] = by_kind
     record["thresholds"] = thresholds
-    save_predictions(files_dir, test, scores)
-    save_map_preview(files_dir, test, maps, extras, int(cfg.save_maps_per_defect))
+    write_predictions(files_dir, test.samples, scores)
+    preview = map_preview(test, maps, extras, int(cfg.save_maps_per_defect))
+    if preview is not None:
+        write_maps(files_dir, preview)
     record["timing"]["metrics_s"] = round(time.perf_counter() - start, 3)
 
 
@@ -421,12 +469,13 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
         "dataset": str(cfg.dataset.name),
         "category": str(cfg.dataset.category),
         "seed": cfg.seed if isinstance(cfg.seed, int) else -1,
-        "backbone": str(cfg.backbone.name),
         "precision": str(cfg.precision),
         "config_hash": chash,
         "config": config,
         "versions": versions(),
         "run_dir": str(run_dir),
+        # the GPUs a launcher gave this job (hydra/launcher=gpus: Ray sets it per job), None when unset
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "started": _now(),
     }
     write_outcome(run_dir, "started")

@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from .artifacts import read_maps
+from .records import weights_policy
+
 
 def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
     """``metrics/<name>``, ``<kind>/<name>``, ``timing/<name>`` and ``efficiency/<name>`` values."""
@@ -30,18 +33,19 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 
 def _panels(run_dir: Path, count: int) -> list[tuple[np.ndarray, str]]:
-    path = run_dir / "maps.npz"
-    if count <= 0 or not path.is_file():
+    preview = read_maps(run_dir) if count > 0 else None
+    if preview is None:
         return []
-    data = np.load(path)
     panels = []
-    for i in range(min(count, len(data["map"]))):
-        image = data["image"][i].transpose(1, 2, 0)
-        mask = np.repeat(data["mask"][i][..., None].astype(np.uint8) * 255, 3, axis=2)
-        amap = data["map"][i].astype(np.float32)
+    for i in range(min(count, len(preview))):
+        image = preview.image[i].transpose(1, 2, 0)
+        mask = preview.mask_of(i)
+        mask = np.zeros(image.shape[:2], np.float32) if mask is None else mask
+        mask = np.repeat((mask[..., None] * 255).astype(np.uint8), 3, axis=2)
+        amap = preview.map[i].astype(np.float32)
         amap = (amap - amap.min()) / max(float(amap.max() - amap.min()), 1e-12)
         heat = np.repeat((amap[..., None] * 255).astype(np.uint8), 3, axis=2)
-        panels.append((np.concatenate([image, mask, heat], axis=1), str(data["defect_type"][i])))
+        panels.append((np.concatenate([image, mask, heat], axis=1), str(preview.defect_type[i])))
     return panels
 
 
@@ -75,7 +79,7 @@ class WandbLogger:
             config=record.get("config"),
             dir=str(run_dir),
             mode=self.mode,
-            tags=[record["model"], record["dataset"], (record.get("weights") or {}).get("kind", "unknown")],
+            tags=[record["model"], record["dataset"], weights_policy(record) or "unknown"],
             reinit="finish_previous",
             settings=wandb.Settings(console="off", silent=True),
         )

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .decoded import DecodedCache
 from .sample import Sample, read_image, read_mask
 
 
@@ -107,29 +110,74 @@ def file_list_key(samples: Sequence[Sample], size: int, resize: str = "cv2_linea
     return digest.hexdigest()[:16]
 
 
-def load_image_set(
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a SLURM allocation), else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def decode_into(
     samples: Sequence[Sample],
     size: int,
-    with_masks: bool,
+    resize: str,
+    images: np.ndarray,
+    masks: np.ndarray | None,
     desc: str,
-    workers: int = 4,
+    workers: int | None = None,
     progress: bool = True,
-    resize: str = "cv2_linear",
-) -> ImageSet:
-    """Decode and resize every image (and mask) of a split, in a small thread pool
-    (``resize``: :data:`~ulsad_bench.data.sample.RESIZE_METHODS`)."""
-    samples = list(samples)
-    images = np.empty((len(samples), 3, size, size), dtype=np.uint8)
-    masks = np.zeros((len(samples), size, size), dtype=bool) if with_masks else None
+) -> None:
+    """Fill ``images[i]`` with :func:`read_image` (and ``masks[i]`` with :func:`read_mask`) of
+    every sample, in a thread pool of ``workers`` (None: :func:`usable_cpus`) with a tqdm bar.
+
+    Threads, not processes: most of the work (Pillow's decoder, which releases the GIL for each
+    chunk it decodes, and OpenCV's resize) runs without the GIL, and threads write straight into
+    ``images`` / ``masks`` where processes would pickle every result back;
+    ``python -m ulsad_bench.decode_bench --compare-pools`` times both on the machine at hand.
+    """
 
     def load(index: int) -> None:
         images[index] = read_image(samples[index].path, size, resize)
         if masks is not None:
             masks[index] = read_mask(samples[index], size, resize)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers or usable_cpus()) as pool:
         list(
             tqdm(pool.map(load, range(len(samples))), total=len(samples), desc=desc, leave=False, disable=not progress)
+        )
+
+
+def load_image_set(
+    samples: Sequence[Sample],
+    size: int,
+    with_masks: bool,
+    desc: str,
+    workers: int | None = None,
+    progress: bool = True,
+    resize: str = "cv2_linear",
+    cache: DecodedCache | str | Path | None = None,
+) -> ImageSet:
+    """Decode and resize every image (and mask) of a split (:func:`decode_into`; ``resize``:
+    :data:`~ulsad_bench.data.sample.RESIZE_METHODS`).
+
+    ``cache``: a :class:`~ulsad_bench.data.decoded.DecodedCache` (or its folder, unbounded) to
+    decode each split once and serve later loads memory-mapped from disk, bit-identical to a
+    decode; None: decode every time and write nothing.
+    """
+    samples = list(samples)
+    if cache is None:
+        images = np.empty((len(samples), 3, size, size), dtype=np.uint8)
+        masks = np.zeros((len(samples), size, size), dtype=bool) if with_masks else None
+        decode_into(samples, size, resize, images, masks, desc, workers, progress)
+    else:
+        cache = cache if isinstance(cache, DecodedCache) else DecodedCache(cache)
+        images, masks, _ = cache.get_or_decode(
+            samples,
+            size,
+            resize,
+            with_masks,
+            lambda images, masks: decode_into(samples, size, resize, images, masks, desc, workers, progress),
         )
     return ImageSet(
         samples=samples,

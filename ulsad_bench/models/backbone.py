@@ -23,7 +23,7 @@ plain ``python`` look in the same place):
 a file path
     A state dict (``.pth``) with torchvision's parameter names (timm's ResNets share them).
 
-The resolved weights are described by :class:`WeightsInfo` (kind, file, sha256), which every
+The resolved weights are described by :class:`WeightsInfo` (policy, file, sha256), which every
 record stores so that all models of a comparison can be checked to share one weights file.
 """
 
@@ -55,7 +55,7 @@ class WeightsNotFoundError(FileNotFoundError):
 class WeightsInfo:
     """Where a backbone's weights came from."""
 
-    kind: str  # "imagenet" | "torchvision" | "random" | "file"
+    policy: str  # what backbone.weights asked for: "imagenet" | "torchvision" | "random" | "file"
     file: str | None = None
     sha256: str | None = None
     random_init_seed: int | None = None
@@ -65,9 +65,9 @@ class WeightsInfo:
     @property
     def identity(self) -> str:
         """A short string that changes whenever the weights do (keys feature caches)."""
-        if self.kind == "random":
+        if self.policy == "random":
             return f"random-seed{self.random_init_seed}"
-        return f"{self.kind}-{self.sha256}"
+        return f"{self.policy}-{self.sha256}"
 
     def as_record(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -136,20 +136,20 @@ def torchvision_url(name: str) -> str:
     return torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
 
 
-def published_weights(name: str, kind: str) -> tuple[str, str]:
-    """``(url, source)`` of the published file that ``backbone.weights=<kind>`` means for ``name``."""
-    if kind == "imagenet" and name in TIMM_DEFAULT:
+def published_weights(name: str, policy: str) -> tuple[str, str]:
+    """``(url, source)`` of the published file that ``backbone.weights=<policy>`` means for ``name``."""
+    if policy == "imagenet" and name in TIMM_DEFAULT:
         tag, url = TIMM_DEFAULT[name]
         return url, f"timm {tag} (timm <= 0.6.12's default weights, as the authors' code and anomalib 0.7)"
     return torchvision_url(name), "torchvision IMAGENET1K_V1"
 
 
-def _published(name: str, kind: str, verify: bool) -> WeightsInfo:
-    url, source = published_weights(name, kind)
+def _published(name: str, policy: str, verify: bool) -> WeightsInfo:
+    url, source = published_weights(name, policy)
     path = weights_dir() / url.rsplit("/", 1)[-1]
     if not path.is_file():
         raise WeightsNotFoundError(
-            f"{'ImageNet' if kind == 'imagenet' else 'torchvision'} weights for {name} ({source}) not found: "
+            f"{'ImageNet' if policy == 'imagenet' else 'torchvision'} weights for {name} ({source}) not found: "
             f"{path.name} is not in {path.parent}. Nothing is downloaded at run time: download {url} and put it "
             f"at {path} (the folder is $TORCH_HOME/hub/checkpoints, ~/.cache/torch/hub/checkpoints without "
             f"TORCH_HOME), or pass backbone.weights=/path/to/{path.name}. To run without pretrained weights, "
@@ -164,7 +164,7 @@ def _published(name: str, kind: str, verify: bool) -> WeightsInfo:
             f"{expected.group(1) if expected else ''}. Replace it with {url}, or pass backbone.verify=false to use "
             "it anyway (records and tables will mark the weights as unverified)."
         )
-    return WeightsInfo(kind=kind, file=str(path), sha256=sha256, source=source, verified=verified)
+    return WeightsInfo(policy=policy, file=str(path), sha256=sha256, source=source, verified=verified)
 
 
 def resolve_weights(name: str, weights: str, random_init_seed: int = 0, verify: bool = True) -> WeightsInfo:
@@ -172,7 +172,7 @@ def resolve_weights(name: str, weights: str, random_init_seed: int = 0, verify: 
     if name not in SUPPORTED:
         raise ValueError(f"unknown backbone {name!r}; supported: {', '.join(SUPPORTED)}")
     if weights == "random":
-        return WeightsInfo(kind="random", random_init_seed=int(random_init_seed))
+        return WeightsInfo(policy="random", random_init_seed=int(random_init_seed))
     if weights in ("imagenet", "torchvision"):
         return _published(name, weights, verify)
     path = Path(weights).expanduser()
@@ -181,12 +181,35 @@ def resolve_weights(name: str, weights: str, random_init_seed: int = 0, verify: 
             f"backbone.weights={weights!r} is neither 'imagenet', 'torchvision', 'random' nor an existing file; "
             f"expected a torchvision state dict (.pth) for {name} at {path}"
         )
-    return WeightsInfo(kind="file", file=str(path.resolve()), sha256=sha256_of(str(path.resolve())))
+    return WeightsInfo(policy="file", file=str(path.resolve()), sha256=sha256_of(str(path.resolve())))
+
+
+#: ``backbone.weights`` values that name a policy rather than a file
+WEIGHT_POLICIES = ("imagenet", "torchvision", "random")
+
+
+def resolve_backbone(
+    configured: str, weights: str, own: str | None = None, random_init_seed: int = 0, verify: bool = True
+) -> BackboneSpec:
+    """The network a job runs on, with its weights: resolved here once per job, for every model.
+
+    ``configured``: ``backbone.name``; ``weights``: ``backbone.weights`` (a policy of
+    :data:`WEIGHT_POLICIES` or a file). ``own``: the network a model uses instead of the
+    configured one (DFR: vgg19, :meth:`~ulsad_bench.models.base.AnomalyModel.own_backbone`),
+    which gets the same policy; a weights *file* belongs to the configured backbone only.
+    """
+    name = own or configured
+    if name != configured and weights not in WEIGHT_POLICIES:
+        raise ValueError(
+            f"backbone.weights is a file for {configured}; this model runs on {name}, which needs its own: "
+            "use backbone.weights=imagenet (torch cache) or random"
+        )
+    return BackboneSpec(name, resolve_weights(name, weights, random_init_seed, verify))
 
 
 def load_state_dict(info: WeightsInfo) -> dict[str, torch.Tensor] | None:
     """The state dict of file-based weights (None for random initialisation)."""
-    if info.kind == "random":
+    if info.policy == "random":
         return None
     assert info.file is not None
     state = torch.load(info.file, map_location="cpu", weights_only=True)
@@ -199,7 +222,7 @@ def load_state_dict(info: WeightsInfo) -> dict[str, torch.Tensor] | None:
 
 def build_network(name: str, info: WeightsInfo) -> nn.Module:
     """A torchvision network with the given weights, frozen, in eval mode."""
-    if info.kind == "random":
+    if info.policy == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(info.random_init_seed or 0))
             network = torchvision.models.get_model(name, weights=None)
@@ -227,7 +250,7 @@ def load_into(module: nn.Module, spec: BackboneSpec, ignore_prefixes: tuple[str,
     Used for anomalib's timm feature extractors, whose ResNet parameter names match
     torchvision's. Every parameter of ``module`` must be covered.
     """
-    if spec.weights.kind == "random":
+    if spec.weights.policy == "random":
         source = build_network(spec.name, spec.weights).state_dict()
     else:
         source = load_state_dict(spec.weights)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data import ImageSet
 from ..features import FeatureCache
-from .backbone import BackboneSpec, resolve_weights
+from .backbone import BackboneSpec
 
 
 @dataclass
@@ -41,7 +41,8 @@ class Prediction:
 
 @dataclass
 class RunContext:
-    """What the harness hands a model for one job."""
+    """What the harness hands a model for one job (``backbone``: the network the model runs on,
+    with its resolved weights)."""
 
     device: torch.device
     seed: int
@@ -51,25 +52,9 @@ class RunContext:
     precision: str = "fp32"
     progress: bool = True
     log: Callable[[str], None] = print
-
-    def backbone_spec(self, name: str) -> BackboneSpec:
-        """Another network under the job's weights policy (``imagenet``, ``torchvision`` or ``random``).
-
-        For models whose paper fixes its own backbone (DFR uses VGG19 whatever
-        ``backbone=`` says). A weights *file* belongs to the configured backbone only.
-        """
-        resolved = self.backbone.weights.kind == "random" or self.backbone.weights.file is not None
-        if name == self.backbone.name and resolved:
-            return self.backbone
-        kind = self.backbone.weights.kind
-        if kind == "file":
-            raise ValueError(
-                f"backbone.weights is a file for {self.backbone.name}; {name} needs its own: "
-                "use backbone.weights=imagenet (torch cache) or random"
-            )
-        seed = self.backbone.weights.random_init_seed or 0
-        verify = self.backbone.weights.verified is not False  # the policy's backbone.verify
-        return BackboneSpec(name, resolve_weights(name, kind, seed, verify))
+    #: ``protocol.select_on_test``: called as ``on_epoch_end(model, epoch, epochs)`` after every
+    #: training epoch (:meth:`AnomalyModel.end_epoch`); None otherwise
+    on_epoch_end: Callable[[Any, int, int], None] | None = None
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -84,9 +69,6 @@ class AnomalyModel(ABC):
 
     #: config name of the model (``model=<name>``)
     name: str = ""
-    #: False for models whose paper fixes their own backbone (DFR): the job then needs no
-    #: weights file for ``backbone=``, only its weights policy (imagenet / random)
-    uses_configured_backbone: bool = True
     #: whether the model calibrates on a validation split (ULSAD's quantiles, EfficientAD's map
     #: normalisation); models that do not get no validation split and train on every training image
     #: (unless ``dataset.validation_for_all``)
@@ -97,10 +79,12 @@ class AnomalyModel(ABC):
     image_size_multiple: int = 1
 
     def own_backbone(self) -> str | None:
-        """The network a model uses instead of ``backbone=`` (DFR: vgg19), or None."""
+        """The network a model uses instead of ``backbone=`` when its paper fixes one (DFR:
+        vgg19), or None. The job then resolves that network under ``backbone.weights``'s policy
+        and needs no weights file for ``backbone=``; ``ctx.backbone`` is the network used."""
         return None
 
-    def check_files(self, weights_kind: str = "imagenet") -> None:
+    def check_files(self, weights_policy: str = "imagenet") -> None:
         """Raise, naming the file and the setting, when a file the model reads besides the
         backbone weights (a teacher, penalty images) is missing; for a sweep's pre-flight. None
         by default."""
@@ -134,9 +118,12 @@ class AnomalyModel(ABC):
     def hyperparameters(self) -> dict[str, Any]:
         """Every value that determines the model's behaviour, for the record."""
 
-    def backbone_used(self) -> BackboneSpec:
-        """The backbone this model actually ran on (recorded); the configured one by default."""
-        return self.ctx.backbone
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        """Models with training epochs call this after each (``epoch`` 1-based of ``epochs``): under
+        ``protocol.select_on_test`` the harness scores the test set here (the model is put in eval
+        mode; it must set its training mode again afterwards). Does nothing otherwise."""
+        if self.ctx.on_epoch_end is not None:
+            self.ctx.on_epoch_end(self, epoch, epochs)
 
     def inference_modules(self) -> list[nn.Module]:
         """The torch modules used by :meth:`predict` (put in eval mode before inference)."""

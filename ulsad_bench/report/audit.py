@@ -19,6 +19,11 @@ from .table import CPU_MARK, PARTIAL_MARK, SEED_MARK, Table, Value, value_of
 
 RANDOM_WARNING = "RANDOM-INIT BACKBONE: not comparable to the paper"
 TEST_VAL_WARNING = "VALIDATION ON TEST IMAGES: calibration/stopping saw the test set"
+TEST_SELECTED_MARK = "TS"
+PROTOCOL_WARNING = (
+    "TEST-SET SELECTION / CALIBRATION (the authors' protocol or a part of it) in rows marked [...]: "
+    "not comparable to clean numbers, see the notes"
+)
 DIRTY_WARNING = "RECORDS FROM UNCOMMITTED CODE (git tree with changes): see the notes"
 SUBSTITUTE_WARNING = "NOT THE PAPER'S SETTING (substitute teacher or penalty): see the notes"
 UNVERIFIED_WARNING = "UNVERIFIED BACKBONE WEIGHTS (sha256 not the published file's): see the notes"
@@ -48,6 +53,7 @@ class Audit:
         self.results = results
         self.random: dict[str, None] = {}
         self.val_test: dict[str, str] = {}
+        self.protocols: dict[str, None] = {}
         self.few_seeds = False
         self.partial: dict[str, str] = {}
         self.dropped: dict[str, str] = {}
@@ -80,6 +86,9 @@ class Audit:
             self.missing.setdefault(self.reason(scope, column, frame), []).append(where)
             return Value(None)
         value = value_of(stat, decimals)
+        if "protocol" in frame and (frame["protocol"] != "clean").any():
+            value.marks.append(TEST_SELECTED_MARK)  # never ranked against clean numbers
+            value.ranked = False
         self.few_seeds |= stat.n < FULL_SEEDS
         if stat.missing_categories:
             self.partial[where] = (
@@ -89,7 +98,7 @@ class Audit:
         if stat.dropped_seeds:
             seeds = ", ".join(str(s) for s in stat.dropped_seeds)
             self.dropped[where] = f"{where}: seed(s) {seeds} (not run in every category)"
-        if column == "gpu_memory_gb" and frame["memory_kind"].str.startswith("cpu").any():
+        if column == "peak_memory_gb" and frame["memory_measure"].str.startswith("cpu").any():
             value.marks.append(CPU_MARK)
             self.cpu_memory = True
         return value
@@ -97,13 +106,16 @@ class Audit:
     def observe(self, frame: pd.DataFrame, where: str, scope: dict[str, Any]) -> None:
         """Note the weights, validation source, failures and conflicts behind a cell."""
         head = where.split(" / ")[0]
-        columns = ("weights_kind", "weights_sha256", "val_on_test", "val_source")
+        columns = ("weights_policy", "weights_sha256", "val_on_test", "val_source")
         for kind, sha, on_test, source in set(zip(*(frame[c] for c in columns), strict=True)):
             self.weights[f"{kind} (sha256 {sha[:12]})" if sha else str(kind)] = None
             if kind == "random":
                 self.random[head] = None
             if on_test:
                 self.val_test[head] = str(source)
+        if "protocol" in frame:
+            for tag in set(frame["protocol"]) - {"clean"}:
+                self.protocols[f"{head}: {tag}"] = None
         if "dirty" in frame and frame["dirty"].any():
             self.dirty[where] = None
         if "center_crop" in frame:
@@ -152,6 +164,8 @@ class Audit:
         warnings = []
         if self.random:
             warnings.append(RANDOM_WARNING)
+        if self.protocols:
+            warnings.append(PROTOCOL_WARNING)
         if self.val_test:
             warnings.append(TEST_VAL_WARNING)
         if self.few_seeds:
@@ -185,6 +199,14 @@ class Audit:
             )
         if self.random:
             notes.append(f"Random-init backbone (not ImageNet): {', '.join(self.random)}.")
+        if self.protocols:
+            notes.append(
+                "Evaluated with the ULSAD authors' protocol or parts of it (protocol.select_on_test: the epoch with "
+                "the best test image AUROC; drop_last_test: the last incomplete test batch of the path-sorted test "
+                "set never scored; quantiles_from_test: calibrated on normal test images), never averaged with clean "
+                f"runs: {', '.join(self.protocols)}. {TEST_SELECTED_MARK}: such a cell (not ranked). Use "
+                "protocol=clean for new results (README, 'Protocols')."
+            )
         if self.val_test:
             notes.append(
                 "Validation on test images: " + "; ".join(f"{k} ({v})" for k, v in self.val_test.items()) + "."

@@ -24,30 +24,26 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from ..artifacts import MapPreview, read_maps
 from .aggregate import Stat, dataset_stat
 from .naming import METRIC_LABEL, METRICS, backbone_label, backbone_order, dataset_label
 from .paper import Paper
+from .protocol_gap import protocol_figures
 from .studies import PAPER_QUANTILES, Study, backbone_study, quantile_study
 from .tables import Context, Method
 
-MAPS_NAME = "maps.npz"
 CMAP = "jet"
 RANDOM_TITLE = "RANDOM-INIT BACKBONE: not comparable to the paper"
 
 
 @dataclass
 class RunMaps:
-    """The saved maps of one run: ``image`` [K, 3, H, W] uint8, ``mask`` [K, H, W], ``map`` [K, H, W],
-    ``path`` [K], ``defect_type`` [K], and ``map_local`` / ``map_global`` for ULSAD."""
+    """The saved maps of one run (:class:`~ulsad_bench.artifacts.MapPreview`) and where they come from."""
 
     label: str
     seed: int
     random_init: bool
-    arrays: dict[str, np.ndarray]
-
-    def index_of(self, path: str) -> int | None:
-        hits = np.flatnonzero(self.arrays["path"] == path)
-        return int(hits[0]) if hits.size else None
+    preview: MapPreview
 
 
 def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
@@ -62,12 +58,9 @@ def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
 def load_run_maps(frame: pd.DataFrame, label: str) -> RunMaps | None:
     """The maps of the lowest-seed run in ``frame`` that saved them."""
     for row in frame.sort_values("seed").itertuples():
-        path = Path(row.run_dir) / MAPS_NAME
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-            if arrays.get("image") is not None and len(arrays["image"]):
-                return RunMaps(label, int(row.seed), row.weights_kind == "random", arrays)
+        preview = read_maps(Path(row.run_dir))
+        if preview is not None:
+            return RunMaps(label, int(row.seed), row.weights_policy == "random", preview)
     return None
 
 
@@ -101,41 +94,38 @@ def _show(ax: Any, picture: np.ndarray | None, title: str | None, **kw: Any) -> 
         ax.set_title(title, fontsize=8)
 
 
-def _mask(arrays: dict[str, np.ndarray], i: int) -> np.ndarray | None:
-    mask = arrays.get("mask")
-    return mask[i].astype(np.float32) if mask is not None and mask.ndim == 3 and i < len(mask) else None
-
-
 def _suptitle(fig: Figure, title: str, random_init: bool) -> None:
     if random_init:
         title += f"\n{RANDOM_TITLE}"
     fig.suptitle(title, fontsize=9, color="darkred" if random_init else "black")
 
 
-def _image_and_mask(axes: Any, arrays: dict[str, np.ndarray], i: int, first: bool) -> None:
+def _image_and_mask(axes: Any, preview: MapPreview, i: int, first: bool) -> None:
     """The first two columns of a figure row: the test image (defect type as label) and its mask."""
-    _show(axes[0], arrays["image"][i].transpose(1, 2, 0), "Image" if first else None)
-    axes[0].set_ylabel(str(arrays["defect_type"][i]), fontsize=7)
-    _show(axes[1], _mask(arrays, i), "Ground truth" if first else None, cmap="gray", vmin=0, vmax=1)
+    _show(axes[0], preview.image[i].transpose(1, 2, 0), "Image" if first else None)
+    axes[0].set_ylabel(str(preview.defect_type[i]), fontsize=7)
+    _show(axes[1], preview.mask_of(i), "Ground truth" if first else None, cmap="gray", vmin=0, vmax=1)
 
 
 def maps_figure(run: RunMaps, title: str, per_defect: int = 1) -> Figure:
     """Figure 6: image | ground truth | local | global | combined (local/global where saved)."""
-    arrays = run.arrays
-    columns = [("map_local", "Local"), ("map_global", "Global"), ("map", "Combined")]
-    columns = [(k, name) for k, name in columns if k in arrays]
-    scales = {k: _scale(arrays[k]) for k, _ in columns}
-    rows = choose_images(arrays["defect_type"], per_defect)
+    preview = run.preview
+    columns = [
+        (preview.extras[k], name) for k, name in (("local", "Local"), ("global", "Global")) if k in preview.extras
+    ]
+    columns.append((preview.map, "Combined"))
+    scales = [_scale(maps) for maps, _ in columns]
+    rows = choose_images(preview.defect_type, per_defect)
     fig = Figure(figsize=(1.6 * (2 + len(columns)), 1.6 * len(rows) + 0.6))
     axes = fig.subplots(len(rows), 2 + len(columns), squeeze=False)
     for r, i in enumerate(rows):
         first = r == 0
-        _image_and_mask(axes[r], arrays, i, first)
-        for c, (key, name) in enumerate(columns):
-            low, high = scales[key]
+        _image_and_mask(axes[r], preview, i, first)
+        for c, (maps, name) in enumerate(columns):
+            low, high = scales[c]
             _show(
                 axes[r, 2 + c],
-                arrays[key][i].astype(np.float32),
+                maps[i].astype(np.float32),
                 name if first else None,
                 cmap=CMAP,
                 vmin=low,
@@ -148,17 +138,17 @@ def maps_figure(run: RunMaps, title: str, per_defect: int = 1) -> Figure:
 
 def methods_figure(runs: list[RunMaps], title: str, per_defect: int = 1) -> Figure:
     """Figure 9: the same test images (matched by path), image | ground truth | each method's map."""
-    base = runs[0].arrays
-    rows = choose_images(base["defect_type"], per_defect)
-    scales = [_scale(run.arrays["map"]) for run in runs]
+    base = runs[0].preview
+    rows = choose_images(base.defect_type, per_defect)
+    scales = [_scale(run.preview.map) for run in runs]
     fig = Figure(figsize=(1.6 * (2 + len(runs)), 1.6 * len(rows) + 0.6))
     axes = fig.subplots(len(rows), 2 + len(runs), squeeze=False)
     for r, i in enumerate(rows):
         first = r == 0
         _image_and_mask(axes[r], base, i, first)
         for c, run in enumerate(runs):
-            j = run.index_of(str(base["path"][i]))
-            picture = None if j is None else run.arrays["map"][j].astype(np.float32)
+            j = run.preview.index_of(str(base.path[i]))
+            picture = None if j is None else run.preview.map[j].astype(np.float32)
             low, high = scales[c]
             _show(axes[r, 2 + c], picture, run.label if first else None, cmap=CMAP, vmin=low, vmax=high)
     _suptitle(fig, title, any(run.random_init for run in runs))
@@ -180,7 +170,7 @@ def _study_means(study: Study, expected: list[str]) -> tuple[dict[Any, dict[str,
 
 
 def _random(study: Study) -> bool:
-    return any((arm.frame["weights_kind"] == "random").any() for arm in study.arms)
+    return any((arm.frame["weights_policy"] == "random").any() for arm in study.arms)
 
 
 def backbone_figure(study: Study, expected: list[str], paper: Paper | None = None) -> Figure:
@@ -274,7 +264,7 @@ def all_figures(ctx: Context, out_dir: Path, per_defect: int = 1, paper: bool = 
             runs = _method_runs(ctx, dataset, category)
             where = f"{dataset_label(dataset)} / {category}"
             for method, run in runs:
-                if "map_local" in run.arrays and "map_global" in run.arrays:
+                if {"local", "global"} <= set(run.preview.extras):
                     stem = f"fig6_{dataset}_{category}_{method.model}" + (
                         f"_{method.backbone}" if method.backbone else ""
                     )
@@ -286,6 +276,7 @@ def all_figures(ctx: Context, out_dir: Path, per_defect: int = 1, paper: bool = 
                 title = f"Figure 9: anomaly maps per method, {where}"
                 save(methods_figure([run for _, run in runs], title, per_defect), out_dir, stem)
                 written.append((stem, f"anomaly maps of {', '.join(m.label for m, _ in runs)}, {where}"))
+    written += protocol_figures(ctx.main, out_dir, save)
     ulsad = sorted(set(ctx.ok.loc[ctx.ok["model"] == "ulsad", "dataset"]))
     for dataset in ulsad:
         study = backbone_study(ctx.ok, dataset)

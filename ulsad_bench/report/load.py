@@ -1,6 +1,8 @@
 """Run records -> one pandas DataFrame (one row per record), with failed and conflicting records set apart.
 
-A *cell* of a table is ``(dataset, category, model, variant, backbone)`` aggregated over seeds.
+A *cell* of a table is ``(dataset, category, model, variant, backbone, protocol)`` aggregated over
+seeds: numbers of the authors' evaluation protocol (or any of its parts, ``protocol.tag``) never
+share a cell with clean ones.
 Before anything is averaged, :func:`load_results` checks every cell:
 
 - two ok records of one cell and seed with the same config hash are the same job twice (a copied
@@ -29,16 +31,16 @@ from typing import Any
 import pandas as pd
 
 from ..config import result_config
-from ..records import find_records, inspect_record, is_attempt, is_dirty
+from ..records import find_records, inspect_record, is_attempt, is_dirty, weights_policy
 from .naming import ALL_METRICS, KINDS, SPRO_METRICS
 
-CELL = ["dataset", "category", "model", "variant", "backbone"]
+CELL = ["dataset", "category", "model", "variant", "backbone", "protocol"]
 ULSAD_KEYS = ("lambda_l", "lambda_g", "loss_pg", "loss_lg", "branch", "alpha", "beta")
 RECORD_METRICS = (*ALL_METRICS, *SPRO_METRICS)
 KIND_COLUMNS = tuple(f"{kind}_{metric}" for kind in KINDS for metric in RECORD_METRICS)
 # MVTec LOCO's official "mean" AUC-sPRO: (logical + structural) / 2, per record
 MEAN_SPRO_COLUMNS = tuple(f"mean_{metric}" for metric in SPRO_METRICS)
-EFFICIENCY_COLUMNS = ("throughput", "gpu_memory_gb")
+EFFICIENCY_COLUMNS = ("throughput", "peak_memory_gb")
 
 
 @dataclass
@@ -114,7 +116,7 @@ def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
         "category": str(record.get("category", "")),
         "seed": int(seed) if seed is not None else -1,
         "backbone": str(record.get("backbone", "")),
-        "weights_kind": str(weights.get("kind", "")),
+        "weights_policy": weights_policy(record),
         "weights_sha256": str(weights.get("sha256") or ""),
         "val_source": str(record.get("val_source", "")),
         "config_hash": str(record.get("config_hash", "")),
@@ -125,6 +127,12 @@ def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
         "precision": str(record.get("precision", "")),
         "categories": tuple(str(c) for c in (config.get("dataset") or {}).get("categories") or ()),
     }
+    protocol = record.get("protocol") or {}
+    row["protocol"] = str(protocol.get("tag", "clean"))
+    selection = record.get("selection") or {}
+    row["selected_epoch"] = selection.get("epoch")
+    row["selection_curve"] = tuple((int(p["epoch"]), float(p["image_auroc"])) for p in selection.get("curve", ()))
+    row["test_dropped"] = (record.get("test_subset") or {}).get("dropped", 0)
     row["val_on_test"] = "TEST" in row["val_source"]
     row["dirty"] = is_dirty(record)
     data = record.get("data") or {}
@@ -146,8 +154,8 @@ def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     for metric in SPRO_METRICS:
         row[f"mean_{metric}"] = (row[f"logical_{metric}"] + row[f"structural_{metric}"]) / 2
     row["throughput"] = float(efficiency.get("throughput_img_s", float("nan")))
-    row["gpu_memory_gb"] = float(efficiency.get("peak_memory_mb", float("nan"))) / 1024.0
-    row["memory_kind"] = str(efficiency.get("memory_kind", ""))
+    row["peak_memory_gb"] = float(efficiency.get("peak_memory_mb", float("nan"))) / 1024.0
+    row["memory_measure"] = str(efficiency.get("memory_measure", efficiency.get("memory_kind", "")))
     row["efficiency_device"] = str(efficiency.get("device", ""))
     row["efficiency_batch_size"] = efficiency.get("batch_size")
     for key in ULSAD_KEYS:

@@ -41,10 +41,10 @@ METRIC_LABEL = {
     "pixel_f1_max": "P-F1max",
     "aupro": "AUPRO",
     "throughput": "Throughput (img/s)",
-    "gpu_memory_gb": "GPU memory (GB)",
+    "peak_memory_gb": "Peak memory (GB)",
 }
 METRIC_TITLE = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO"}
-LOWER_IS_BETTER = frozenset({"gpu_memory_gb"})
+LOWER_IS_BETTER = frozenset({"peak_memory_gb"})
 KINDS = ("structural", "logical")  # the order of Tables 22-27
 
 # (dataset, metric) -> the paper's extended table (Tables 7-21)
@@ -102,3 +102,8 @@ def dataset_order(datasets: list[str] | set[str]) -> list[str]:
 
 def backbone_order(backbones: list[str] | set[str]) -> list[str]:
     return sorted(set(backbones), key=lambda b: order_key(BACKBONE_ORDER, b))
+
+
+def protocol_label(tag: str) -> str:
+    """How a method's label says it was evaluated with the authors' protocol (or a part of it)."""
+    return "[AUTHORS' PROTOCOL: test-selected]" if tag == "authors" else f"[TEST-SELECTED: {tag}]"

@@ -5,7 +5,7 @@ Columns ``table, dataset, metric, category, method, mean, std``:
 - ``mean``/``std``: exactly as printed (``84.1`` stays 84.1), in percent; throughput in img/s
   and GPU memory in GB (Table 4). ``std`` is the ± the paper prints (ULSAD only); empty where it
   prints none.
-- ``metric``: image_auroc, pixel_auroc, aupro, throughput or gpu_memory_gb. Table 2's
+- ``metric``: image_auroc, pixel_auroc, aupro, throughput or peak_memory_gb. Table 2's
   ``96.73|75.41`` cells give a pixel_auroc and an aupro row; Tables 3, 28, 29, 30's
   ``I-AUROC|P-AUROC|P-AUPRO`` cells give image_auroc, pixel_auroc and aupro rows.
 - ``category``: a category, or ``mean`` for a dataset average (Tables 1-4, each table's Mean row).
@@ -90,7 +90,7 @@ class Paper:
 
     def main(self, dataset: str, metric: str, category: str, method: str) -> Value | None:
         """A method's number in the extended tables (7-21: categories and Mean) or Table 4."""
-        table = 4 if metric in ("throughput", "gpu_memory_gb") else EXTENDED_TABLES.get((dataset, metric))
+        table = 4 if metric in ("throughput", "peak_memory_gb") else EXTENDED_TABLES.get((dataset, metric))
         return None if table is None else self.value(table, dataset, metric, category, method)
 
     def kind(self, kind: str, metric: str, category: str, method: str) -> Value | None:

@@ -42,8 +42,10 @@ from .naming import (
     long_method_name,
     method_name,
     order_key,
+    protocol_label,
 )
 from .paper import Paper
+from .protocol_gap import protocol_gap_tables
 from .studies import Setting, Study, ablation_study, backbone_study
 from .table import Table, Text, Value
 
@@ -61,7 +63,7 @@ TABLE4_ROWS: list[tuple[str, Text]] = [
     ("pixel_auroc", ("P-AUROC ↑", r"P-AUROC $\uparrow$")),
     ("aupro", ("P-AUPRO ↑", r"P-AUPRO $\uparrow$")),
     ("throughput", ("Throughput (img/s) ↑", r"Throughput (img/s) $\uparrow$")),
-    ("gpu_memory_gb", ("GPU memory (GB) ↓", r"GPU memory (GB) $\downarrow$")),
+    ("peak_memory_gb", ("Peak memory (GB) ↓", r"Peak memory (GB) $\downarrow$")),
 ]
 
 
@@ -74,16 +76,17 @@ class Method:
     model: str
     backbone: str | None
     name: str  # the paper's short name
-    label: str  # as printed (short name, plus the backbone when a model ran with several)
+    label: str  # as printed (short name, plus the backbone when a model ran with several, plus the protocol)
+    protocol: str = "clean"  # protocol.tag: runs of the authors' protocol (or a part of it) are methods apart
 
     @property
     def scope(self) -> dict[str, Any]:
-        scope = {"model": self.model, "variant": ""}
+        scope = {"model": self.model, "variant": "", "protocol": self.protocol}
         return scope if self.backbone is None else {**scope, "backbone": self.backbone}
 
     def select(self, frame: pd.DataFrame, **where: Any) -> pd.DataFrame:
         """The rows of ``frame`` of this method (and ``where``: column = value)."""
-        mask = frame["model"] == self.model
+        mask = (frame["model"] == self.model) & (frame["protocol"] == self.protocol)
         if self.backbone is not None:
             mask &= frame["backbone"] == self.backbone
         for column, value in where.items():
@@ -116,16 +119,17 @@ class Context:
     @cached_property
     def methods(self) -> list[Method]:
         methods = []
-        for model, runs in self.main_all.groupby("model"):
-            name = method_name(str(model))
+        for (model, protocol), runs in self.main_all.groupby(["model", "protocol"]):
+            name, tag = method_name(str(model)), str(protocol)
+            suffix = "" if tag == "clean" else f" {protocol_label(tag)}"
             if runs.groupby("dataset")["backbone"].nunique().max() > 1:
                 methods += [
-                    Method(str(model), str(b), name, f"{name} ({backbone_label(str(b))})")
+                    Method(str(model), str(b), name, f"{name} ({backbone_label(str(b))}){suffix}", tag)
                     for b in backbone_order(set(runs["backbone"]))
                 ]
             else:
-                methods.append(Method(str(model), None, name, name))
-        return sorted(methods, key=lambda x: (order_key(PAPER_METHODS, x.name), x.label))
+                methods.append(Method(str(model), None, name, f"{name}{suffix}", tag))
+        return sorted(methods, key=lambda x: (order_key(PAPER_METHODS, x.name), x.protocol != "clean", x.label))
 
     @cached_property
     def _method_frames(self) -> dict[tuple[Method, str], pd.DataFrame]:  # filled by frame_of
@@ -174,7 +178,7 @@ class Context:
             for dataset in datasets:
                 frame = method.select(self.main_all, dataset=dataset)
                 for backbone, runs in frame.groupby("backbone"):
-                    kinds = ", ".join(sorted(set(runs["weights_kind"]) - {""})) or "weights unknown"
+                    kinds = ", ".join(sorted(set(runs["weights_policy"]) - {""})) or "weights unknown"
                     where = f" on {dataset_label(dataset)}" if len(datasets) > 1 else ""
                     used.append(f"{backbone_label(str(backbone))} ({kinds}){where}")
             parts.append(f"{method.label}: {', '.join(used) or 'no record'}")
@@ -633,4 +637,5 @@ def all_tables(ctx: Context, compare: bool = False) -> list[Table]:
     if not compare:  # tables the paper does not have
         tables += [all_metrics(ctx, d) for d in ctx.datasets()]
         tables += [spro_table(ctx, d) for d in ctx.datasets()]
+        tables += protocol_gap_tables(ctx.main)
     return [t for t in tables if t is not None]

@@ -18,10 +18,14 @@ vanishes. ``reduction="mean"`` (default) follows the code; ``"sum"`` is Eq. 2 to
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 REDUCTIONS = ("mean", "sum")
+LOSS_PG = ("attention", "l2", "none")
 
 
 def magnitude(a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -69,3 +73,69 @@ def attention_map(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     kv = key.flatten(2).transpose(1, 2)  # [B, k*, c*]
     out = F.scaled_dot_product_attention(q, kv, kv)  # [B, k*, c*]
     return out.transpose(1, 2).reshape(b, c, h, w)
+
+
+@torch.no_grad()
+def attention_targets(
+    features: torch.Tensor, standardize: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+) -> torch.Tensor:
+    """The self-attention maps A of Eq. 3 for cached features ``[N, c*, h, w]``, computed once.
+
+    A depends only on the frozen, standardised features U, so with the features cached it is
+    as fixed as they are; computing it once per training set instead of at every step saves one
+    ``k* x k*`` attention per image and step, at the cost of a second tensor the size of the
+    features, kept where they are. The values are those of the per-step computation (the same
+    function, batched differently).
+    """
+    chunks = []
+    for start in range(0, len(features), batch_size):
+        u = standardize(features[start : start + batch_size])
+        chunks.append(attention_map(u.float(), u.float()).to(features.device))
+    return torch.cat(chunks)
+
+
+class UlsadLoss(nn.Module):
+    """Algorithm 1's objective for a batch: L_pl (Eq. 1), L_pg (Eq. 5) or its variant L^d_pg
+    (U^ against U), and L_lg (Eq. 6); ``forward`` returns the named terms (their sum is
+    minimised).
+
+    ``loss_pg``: ``attention`` (L_pg), ``l2`` (L^d_pg) or ``none``; ``loss_lg``: Eq. 6 on/off
+    (Table 3's ablations).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        lambda_l: float = 0.5,
+        lambda_g: float = 0.5,
+        reduction: str = "mean",
+        loss_pg: str = "attention",
+        loss_lg: bool = True,
+    ) -> None:
+        super().__init__()
+        if loss_pg not in LOSS_PG:
+            raise ValueError(f"loss_pg must be one of {LOSS_PG}, got {loss_pg!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"magnitude_reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.feature_dim, self.lambda_l, self.lambda_g = int(feature_dim), float(lambda_l), float(lambda_g)
+        self.reduction, self.loss_pg, self.loss_lg = reduction, loss_pg, bool(loss_lg)
+
+    def forward(
+        self, u: torch.Tensor, u_tilde: torch.Tensor, u_hat: torch.Tensor, target: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``u``: standardised U ``[B, c*, h, w]``; ``u_tilde``: the FRN's U~ ``[B, 2 c*, h, w]``
+        (U' then U''); ``u_hat``: the global autoencoder's U^; ``target``: the precomputed A of
+        Eq. 3 for the batch (:func:`attention_targets`), None computes it here."""
+        c = self.feature_dim
+        u, u_tilde, u_hat = u.float(), u_tilde.float(), u_hat.float()
+        losses = {"pl": distance_loss(u_tilde[:, :c], u, self.lambda_l, self.reduction)}
+        if self.loss_pg == "attention":
+            if target is None:
+                with torch.no_grad():
+                    target = attention_map(u, u)  # A = Z W, Eq. 3 (fixed: U is frozen)
+            losses["pg"] = distance_loss(attention_map(u_hat, u), target, self.lambda_g, self.reduction)
+        elif self.loss_pg == "l2":
+            losses["pg"] = distance_loss(u_hat, u, self.lambda_g, self.reduction)
+        if self.loss_lg:
+            losses["lg"] = distance_loss(u_tilde[:, c:], u_hat, self.lambda_g, self.reduction)
+        return losses

@@ -18,8 +18,9 @@ image_AUROC, mode=max)`` with validation = test); they do not early-stop.
 
 Speed: ULSAD uses no training-time augmentation and its backbone is frozen, so the patch
 features U are extracted once per (images, backbone, weights, layers, c*, size) through the
-harness's feature cache and reused by every epoch, seed and job; only the global branch sees
-the images during training. A trained model is also cached by everything that determines it
+harness's feature cache and reused by every epoch, seed and job (``precompute_features``; false
+runs the backbone on every batch, to measure what this saves); only the global branch sees the
+images during training. A trained model is also cached by everything that determines it
 (data, backbone, seed, every training value), so jobs that differ only in scoring (alpha,
 beta, branch) reuse it, e.g. the alpha x beta grid of Figure 8.
 
@@ -34,31 +35,38 @@ what L_pg trained instead (our choice; the paper does not say): A^ with A for
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from ...data import ImageSet
+from ...environment import seeded
 from ..base import AnomalyModel, Prediction, RunContext
-from ..filters import GaussianBlur
-from .losses import REDUCTIONS, attention_map, distance_loss, distance_map
-from .networks import FeatureAggregator, FeatureReconstructionNetwork, GlobalAutoencoder
+from .losses import LOSS_PG, REDUCTIONS, UlsadLoss, attention_targets
+from .torch_model import (
+    BRANCHES,
+    FeatureAggregator,
+    FeatureReconstructionNetwork,
+    GlobalAutoencoder,
+    UlsadModel,
+)
 
-LOSS_PG = ("attention", "l2", "none")
-BRANCHES = ("both", "local", "global")
 QUANTILES_ON = ("blurred", "upsampled")
+#: the trained-model cache entry: the inference model's state dict without the frozen backbone
+#: (rebuilt from its weights file), bump when the entry's layout changes
+TRAINED_FORMAT = 2
 
 
-def resolve_output_relu(setting: bool | str, weights_kind: str) -> bool:
+def resolve_output_relu(setting: bool | str, weights_policy: str) -> bool:
     """The FRN's output ReLU: ``auto`` keeps it (Table 5, the code) for pretrained weights
     (``imagenet`` or a file) and drops it for random-init backbones, which the paper never used:
     standardised random features are half negative, which a ReLU output cannot reconstruct."""
     if setting == "auto":
-        return weights_kind != "random"
+        return weights_policy != "random"
     return bool(setting)
 
 
@@ -66,7 +74,7 @@ class Ulsad(AnomalyModel):
     """Unified Logical and Structural Anomaly Detection (Patra & Ben Taieb, TMLR 2024)."""
 
     name = "ulsad"
-    image_size_multiple = 32  # the global autoencoder's encoder (networks.GlobalAutoencoder)
+    image_size_multiple = 32  # the global autoencoder's encoder (torch_model.GlobalAutoencoder)
 
     def __init__(
         self,
@@ -90,6 +98,7 @@ class Ulsad(AnomalyModel):
         feature_batch_size: int = 32,
         reuse_trained: bool = True,
         cache_attention_target: bool = True,
+        precompute_features: bool = True,
         drop_last: bool = True,
         quantiles_on: str = "blurred",
     ) -> None:
@@ -105,11 +114,11 @@ class Ulsad(AnomalyModel):
             raise ValueError("the global branch is untrained without L_pg and L_lg: set branch=local")
         if not 0 <= alpha < beta <= 1:
             raise ValueError(f"need 0 <= alpha < beta <= 1, got alpha={alpha}, beta={beta}")
+        if not isinstance(output_relu, bool) and output_relu != "auto":
+            raise ValueError(f"output_relu must be true, false or auto, got {output_relu!r}")
         self.layers = list(layers)
         self.feature_dim = int(feature_dim)
         self.architecture = architecture
-        if not isinstance(output_relu, bool) and output_relu != "auto":
-            raise ValueError(f"output_relu must be true, false or auto, got {output_relu!r}")
         self.output_relu: bool | str = output_relu
         self.lambda_l = float(lambda_l)
         self.lambda_g = float(lambda_g)
@@ -127,40 +136,52 @@ class Ulsad(AnomalyModel):
         self.feature_batch_size = int(feature_batch_size)
         self.reuse_trained = bool(reuse_trained)
         self.cache_attention_target = bool(cache_attention_target)
+        self.precompute_features = bool(precompute_features)
         self.drop_last = bool(drop_last)
         self.quantiles_on = quantiles_on
-        self.quantiles: dict[str, float] = {}
+        self.loss = UlsadLoss(self.feature_dim, self.lambda_l, self.lambda_g, self.reduction, loss_pg, self.loss_lg)
 
     # ------------------------------------------------------------------ set-up
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
         device = ctx.device
-        random_init = ctx.backbone.weights.kind == "random"
-        self.output_relu = resolve_output_relu(self.output_relu, ctx.backbone.weights.kind)
+        random_init = ctx.backbone.weights.policy == "random"
+        self.output_relu = resolve_output_relu(self.output_relu, ctx.backbone.weights.policy)
         if self.output_relu and random_init:
             logging.getLogger("ulsad_bench").warning(
                 "ulsad: output_relu=true with a random-init backbone: the FRN's final ReLU cannot reconstruct "
                 "the negative half of standardised random features, so the local branch is near chance; "
                 "pass model.output_relu=false (or auto) for a meaningful run on random weights (it is recorded)"
             )
-        self.aggregator = FeatureAggregator(ctx.backbone, self.layers, self.feature_dim).to(device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(ctx.seed)
-            self.frn = FeatureReconstructionNetwork(self.feature_dim, self.architecture, self.output_relu).to(device)
-            self.global_ae = GlobalAutoencoder(ctx.image_size, self.feature_dim, self.architecture).to(device)
         if self.blur_sigma is None:  # the authors' sigma 4 at 256 px, scaled with the image size
             self.blur_sigma = 4.0 * ctx.image_size / 256
-        self.blur = GaussianBlur(self.blur_sigma).to(device)
-        self.register_stats(torch.zeros(self.feature_dim), torch.ones(self.feature_dim))
+        aggregator = FeatureAggregator(ctx.backbone, self.layers, self.feature_dim)
+        with seeded(ctx.seed, device):
+            frn = FeatureReconstructionNetwork(self.feature_dim, self.architecture, self.output_relu)
+            global_ae = GlobalAutoencoder(ctx.image_size, self.feature_dim, self.architecture)
+        self.net = UlsadModel(
+            aggregator,
+            frn,
+            global_ae,
+            ctx.image_size,
+            self.lambda_l,
+            self.lambda_g,
+            self.reduction,
+            self.loss_pg,
+            self.loss_lg,
+            self.branch,
+            self.blur_sigma,
+            ctx.autocast_dtype,
+        ).to(device)
         if device.type == "cuda":
-            for module in (self.aggregator, self.frn, self.global_ae):
+            for module in (self.net.aggregator, self.net.frn, self.net.global_ae):
                 module.to(memory_format=torch.channels_last)
 
-    def register_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Channel statistics of the training features (Algorithm 1, line 4)."""
-        self.feature_mean = mean.view(1, -1, 1, 1).to(self.ctx.device)
-        self.feature_std = std.view(1, -1, 1, 1).to(self.ctx.device)
+    @property
+    def quantiles(self) -> dict[str, float]:
+        """q_alpha, q_beta per branch (Section 3.5), from the inference model's buffer."""
+        return self.net.quantile_values()
 
     def _feature_key(self, images: ImageSet) -> dict[str, Any]:
         spec = self.ctx.backbone
@@ -178,15 +199,8 @@ class Ulsad(AnomalyModel):
         """Frozen features U of a split, ``[N, c*, S/8, S/8]`` on CPU, computed once (cached)."""
 
         def compute() -> torch.Tensor:
-            chunks = []
-            batches = images.batches(self.feature_batch_size)
-            total = -(-len(images) // self.feature_batch_size)
-            for _, batch in tqdm(
-                batches, total=total, desc="ulsad: features", leave=False, disable=not self.ctx.progress
-            ):
-                with self._autocast():
-                    chunks.append(self.aggregator(self._to_device(batch)).float().cpu())
-            return torch.cat(chunks)
+            batches = images.batches(self.feature_batch_size, progress=self.ctx.progress, desc="ulsad: features")
+            return torch.cat([self.net.features(self._to_device(batch)).cpu() for _, batch in batches])
 
         return self.ctx.feature_cache.get_or_compute(self._feature_key(images), compute)[0]
 
@@ -196,108 +210,51 @@ class Ulsad(AnomalyModel):
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def _autocast(self) -> torch.autocast:
-        dtype = self.ctx.autocast_dtype
-        return torch.autocast(self.ctx.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-    def _standardize(self, features: torch.Tensor) -> torch.Tensor:
-        return (features.to(self.ctx.device) - self.feature_mean) / self.feature_std
-
     # ------------------------------------------------------------------ training
 
-    def attention_targets(self, features: torch.Tensor) -> torch.Tensor:
-        """The self-attention maps A of Eq. 3 for cached features ``[N, c*, h, w]``, computed once.
-
-        A depends only on the frozen, standardised features U, so with the features cached it
-        is as fixed as they are; computing it once per training set instead of at every step
-        saves a third of a CPU training step at 256 px (one 4096 x 4096 attention per image),
-        at the cost of a second tensor the size of the features, kept where they are. The
-        values are those of the per-step computation (the same function, batched differently).
-        """
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, len(features), self.batch_size):
-                u = self._standardize(features[start : start + self.batch_size])
-                chunks.append(attention_map(u.float(), u.float()).to(features.device))
-        return torch.cat(chunks)
-
-    def _losses(
-        self,
-        u: torch.Tensor,
-        u_tilde: torch.Tensor,
-        u_hat: torch.Tensor,
-        target: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """L_pl (Eq. 1), L_pg (Eq. 5) or L^d_pg, and L_lg (Eq. 6) for a batch.
-
-        ``target``: the precomputed A of Eq. 3 for the batch (:meth:`attention_targets`); None
-        computes it here.
-        """
-        c = self.feature_dim
-        u, u_tilde, u_hat = u.float(), u_tilde.float(), u_hat.float()
-        losses = {"pl": distance_loss(u_tilde[:, :c], u, self.lambda_l, self.reduction)}
-        if self.loss_pg == "attention":
-            if target is None:
-                with torch.no_grad():
-                    target = attention_map(u, u)  # A = Z W, Eq. 3 (fixed: U is frozen)
-            losses["pg"] = distance_loss(attention_map(u_hat, u), target, self.lambda_g, self.reduction)
-        elif self.loss_pg == "l2":
-            losses["pg"] = distance_loss(u_hat, u, self.lambda_g, self.reduction)
-        if self.loss_lg:
-            losses["lg"] = distance_loss(u_tilde[:, c:], u_hat, self.lambda_g, self.reduction)
-        return losses
-
-    def _train(
-        self,
-        train: ImageSet,
-        features: torch.Tensor | None,
-        epochs: int | None = None,
-        targets: torch.Tensor | None = None,
-    ) -> dict[str, Any]:
-        """Algorithm 1. ``features``: the cached U of ``train`` ``[N, c*, h, w]``; with None the
-        frozen backbone (and Eq. 3's A) runs again on every batch (only to measure what the
-        cache saves). ``targets``: A for ``features`` (:meth:`attention_targets`); computed here
-        when None, the features are cached, ``loss_pg=attention`` and
-        ``cache_attention_target`` is on."""
-        device = self.ctx.device
-        epochs = self.epochs if epochs is None else epochs
-        self.frn.train()
-        self.global_ae.train()
-        parameters = [*self.frn.parameters(), *self.global_ae.parameters()]
+    def _train(self, train: ImageSet, features: torch.Tensor | None) -> dict[str, Any]:
+        """Algorithm 1. ``features``: the precomputed U of ``train`` ``[N, c*, h, w]``; None runs
+        the frozen backbone (and Eq. 3's A) on every batch (``precompute_features=false``)."""
+        device, net = self.ctx.device, self.net
+        net.frn.train()
+        net.global_ae.train()
+        parameters = [*net.frn.parameters(), *net.global_ae.parameters()]
         optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
-        images = train.images.to(device) if device.type == "cuda" else train.images
+        timing: dict[str, Any] = {}
+        targets = None
         if features is not None and device.type == "cuda":
             features = features.to(device)
-        if targets is None and features is not None and self.loss_pg == "attention" and self.cache_attention_target:
-            targets = self.attention_targets(features)
+        if features is not None and self.loss_pg == "attention" and self.cache_attention_target:
+            start = time.perf_counter()
+            targets = attention_targets(features, net.standardize, self.batch_size)
+            timing["attention_targets_s"] = round(time.perf_counter() - start, 3)
         generator = torch.Generator().manual_seed(self.ctx.seed)
         # The authors' loader drops the last partial batch (drop_last=True); a batch of one would
         # also break the batch norm of the global autoencoder's 1 x 1 bottleneck.
-        usable = len(train) - (len(train) % self.batch_size if self.drop_last else 0)
-        if usable == 0:
+        if self.drop_last and len(train) < self.batch_size:
             raise ValueError(
                 f"ULSAD: {len(train)} training images are fewer than model.batch_size={self.batch_size} with "
                 "model.drop_last=true: no full batch to train on; lower model.batch_size"
             )
         history: list[dict[str, float]] = []
-        bar = tqdm(range(epochs), desc="ulsad: train", leave=False, disable=not self.ctx.progress)
+        epoch_s: list[float] = []
+        bar = tqdm(range(self.epochs), desc="ulsad: train", leave=False, disable=not self.ctx.progress)
         for epoch in bar:
+            start = time.perf_counter()
             sums: dict[str, float] = {}
             steps = 0
-            order = torch.randperm(len(train), generator=generator)
-            for start in range(0, usable, self.batch_size):
-                batch_idx = order[start : start + self.batch_size]
-                x = self._to_device(images[batch_idx.to(images.device)].float().div_(255.0))
+            batches = train.batches(self.batch_size, shuffle=True, generator=generator, drop_last=self.drop_last)
+            for batch_idx, images in batches:
+                x = self._to_device(images)
                 if features is None:
-                    with self._autocast():
-                        u = self._standardize(self.aggregator(x).float())
+                    u = net.standardize(net.features(x))
                 else:
-                    u = self._standardize(features[batch_idx.to(features.device)])
-                with self._autocast():
-                    u_tilde = self.frn(u)
-                    u_hat = self.global_ae(x)
+                    u = net.standardize(features[batch_idx.to(features.device)])
+                with net.autocast():
+                    u_tilde = net.frn(u)
+                    u_hat = net.global_ae(x)
                 target = None if targets is None else targets[batch_idx.to(targets.device)].to(device)
-                losses = self._losses(u, u_tilde, u_hat, target)
+                losses = self.loss(u, u_tilde, u_hat, target)
                 total = sum(losses.values())
                 if not torch.isfinite(total):
                     raise FloatingPointError(
@@ -311,19 +268,28 @@ class Ulsad(AnomalyModel):
                 for name, value in losses.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 sums["total"] = sums.get("total", 0.0) + float(total.detach())
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            epoch_s.append(round(time.perf_counter() - start, 4))
             history.append({name: value / steps for name, value in sums.items()})
             bar.set_postfix(loss=f"{history[-1]['total']:.4f}")
+            if self.ctx.on_epoch_end is not None:
+                self.end_epoch(epoch + 1, self.epochs)
+                net.frn.train()
+                net.global_ae.train()
         return {
-            "epochs": epochs,
+            "epochs": self.epochs,
             "loss_first_epoch": history[0],
             "loss_last_epoch": history[-1],
             "loss_total_per_epoch": [round(h["total"], 6) for h in history],
+            "timing": {**timing, "epoch_s": epoch_s},
         }
 
     def _trained_key(self, train: ImageSet) -> dict[str, Any]:
         return {
             **self._feature_key(train),
             "what": "ulsad-trained",
+            "format": TRAINED_FORMAT,
             "seed": self.ctx.seed,
             "device": self.ctx.device.type,
             "precision": self.ctx.precision,
@@ -343,27 +309,42 @@ class Ulsad(AnomalyModel):
                     "drop_last",
                     "lr",
                     "weight_decay",
+                    "precompute_features",
                 )
             },
         }
 
+    def _trained_state(self) -> dict[str, torch.Tensor]:
+        """The inference model's state dict without the frozen backbone (the aggregator holds no
+        trained values: it is rebuilt from its weights)."""
+        return {k: v for k, v in self.net.state_dict().items() if not k.startswith("aggregator.")}
+
+    def _load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        result = self.net.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("aggregator.")]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"ulsad: trained-model cache entry does not fit: {missing or result.unexpected_keys}")
+
     def fit(self, train: ImageSet, val: ImageSet) -> dict[str, Any]:
+        start = time.perf_counter()
         features = self.features(train)
+        features_s = round(time.perf_counter() - start, 3)
         mean = features.double().mean(dim=(0, 2, 3))
         std = features.double().std(dim=(0, 2, 3), correction=0)
         std = torch.where(std > 1e-6, std, torch.ones_like(std))  # guard dead channels (random backbones)
-        self.register_stats(mean.float(), std.float())
+        self.net.set_feature_stats(mean.float(), std.float())
 
         def train_now() -> dict[str, Any]:
-            info = self._train(train, features)
-            return {"frn": self.frn.state_dict(), "global_ae": self.global_ae.state_dict(), "info": info}
+            info = self._train(train, features if self.precompute_features else None)
+            info["timing"]["features_s"] = features_s
+            return {"state_dict": self._trained_state(), "info": info}
 
-        if self.reuse_trained:
+        # under protocol.select_on_test the epochs are scored as they train: never from the cache
+        if self.reuse_trained and self.ctx.on_epoch_end is None:
             state, reused = self.ctx.feature_cache.get_or_compute(
                 self._trained_key(train), train_now, keep_in_memory=False
             )
-            self.frn.load_state_dict(state["frn"])
-            self.global_ae.load_state_dict(state["global_ae"])
+            self._load_trained_state(state["state_dict"])
             info = dict(state["info"])
         else:
             info, reused = train_now()["info"], False
@@ -374,38 +355,6 @@ class Ulsad(AnomalyModel):
 
     # ------------------------------------------------------------------ inference
 
-    def eval(self) -> None:
-        self.frn.eval()
-        self.global_ae.eval()
-
-    def raw_maps(self, u: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """M_l (Eq. 7) and M_g (Eq. 8) at feature resolution, ``[B, h, w]`` each.
-
-        Args:
-            u: standardised features ``[B, c*, h, w]`` on the device.
-            images: ``[B, 3, S, S]`` in [0, 1] on the device.
-        """
-        c = self.feature_dim
-        with self._autocast():
-            u_tilde = self.frn(u)
-            u_hat = self.global_ae(images) if self.branch != "local" else None
-        u, u_tilde = u.float(), u_tilde.float()
-        local = distance_map(u_tilde[:, :c], u, self.lambda_l, self.reduction)
-        if u_hat is None:
-            return local, torch.zeros_like(local)
-        u_hat = u_hat.float()
-        if self.loss_lg:
-            global_ = distance_map(u_tilde[:, c:], u_hat, self.lambda_g, self.reduction)  # Eq. 8
-        elif self.loss_pg == "attention":
-            global_ = distance_map(attention_map(u_hat, u), attention_map(u, u), self.lambda_g, self.reduction)
-        else:
-            global_ = distance_map(u_hat, u, self.lambda_g, self.reduction)
-        return local, global_
-
-    def _upsample(self, maps: torch.Tensor) -> torch.Tensor:
-        size = (self.ctx.image_size, self.ctx.image_size)
-        return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-
     @torch.no_grad()
     def calibrate(self, val: ImageSet) -> None:
         """Quantiles q_alpha, q_beta of the pooled validation maps, per branch (Section 3.5).
@@ -415,44 +364,32 @@ class Ulsad(AnomalyModel):
         subsample to 2^24 values for ``torch.quantile``.
         """
         self.eval()
+        net = self.net
         features = self.features(val)
         local_maps, global_maps = [], []
         for idx, images in val.batches(self.feature_batch_size):
-            local, global_ = self.raw_maps(self._standardize(features[idx]), self._to_device(images))
+            local, global_ = net.raw_maps(net.standardize(features[idx]), self._to_device(images))
             for raw, pooled in ((local, local_maps), (global_, global_maps)):
-                upsampled = self._upsample(raw)
+                upsampled = net.upsample(raw)
                 if self.quantiles_on == "blurred":
-                    upsampled = self.blur(upsampled[:, None])[:, 0]
+                    upsampled = net.blur(upsampled[:, None])[:, 0]
                 pooled.append(upsampled.cpu().numpy().ravel())
+        values = {}
         for name, maps in (("local", local_maps), ("global", global_maps)):
             pooled = np.concatenate(maps).astype(np.float64)
             q_alpha, q_beta = np.quantile(pooled, [self.alpha, self.beta])
-            self.quantiles[f"{name}_alpha"] = float(q_alpha)
-            self.quantiles[f"{name}_beta"] = float(q_beta)
-
-    def _normalise(self, maps: torch.Tensor, name: str) -> torch.Tensor:
-        """t(M) = 0.1 (M - q_alpha) / (q_beta - q_alpha) (Section 3.5)."""
-        q_alpha, q_beta = self.quantiles[f"{name}_alpha"], self.quantiles[f"{name}_beta"]
-        return 0.1 * (maps - q_alpha) / max(q_beta - q_alpha, 1e-12)
+            values[f"{name}_alpha"], values[f"{name}_beta"] = float(q_alpha), float(q_beta)
+        net.set_quantiles(values)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
-        """M = (t_l(M_l) + t_g(M_g)) / 2, blurred; score = max of M (Section 3.5)."""
-        images = self._to_device(images)
-        with self._autocast():
-            features = self.aggregator(images)
-        local, global_ = self.raw_maps(self._standardize(features.float()), images)
-        maps = {}
-        for name, raw in (("local", local), ("global", global_)):
-            normalised = self._normalise(self._upsample(raw), name)
-            maps[name] = self.blur(normalised[:, None])[:, 0]
-        combined = {"both": (maps["local"] + maps["global"]) / 2, "local": maps["local"], "global": maps["global"]}
-        final = combined[self.branch]
-        extras = {"local": maps["local"]} if self.branch == "local" else maps
-        return Prediction(maps=final, scores=final.amax(dim=(-2, -1)), extras=extras)
+        """M = (t_l(M_l) + t_g(M_g)) / 2, blurred; score = max of M (Section 3.5):
+        :meth:`UlsadModel.forward <.torch_model.UlsadModel.forward>`."""
+        maps, scores, extras = self.net(self._to_device(images))
+        return Prediction(maps=maps, scores=scores, extras=extras)
 
     def inference_modules(self) -> list[nn.Module]:
-        return [self.aggregator, self.frn, self.global_ae]
+        return [self.net]
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
@@ -476,6 +413,7 @@ class Ulsad(AnomalyModel):
             "optimizer": "Adam",
             "blur_sigma": self.blur_sigma,
             "drop_last": self.drop_last,
+            "precompute_features": self.precompute_features,
             "quantiles_on": self.quantiles_on,
             "quantiles": dict(self.quantiles),
         }

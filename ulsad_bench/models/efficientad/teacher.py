@@ -1,66 +1,53 @@
-"""EfficientAD's pretrained parts, offline: the teacher network and the penalty images.
+"""EfficientAD's teacher, offline: loaded from a file or distilled from the harness's backbone.
 
-anomalib's EfficientAd downloads both when its Lightning module starts training; the harness
-takes them from configured files instead, or does without.
+anomalib's EfficientAd downloads the teacher when its Lightning module starts training; the
+harness takes it from a configured file instead, or distils one.
 
-Teacher
-    EfficientAD's teacher is a patch description network (PDN) distilled from a pretrained
-    WideResNet-101 on ImageNet (Batzner et al., WACV 2024, Sec. 3.1 and the distillation
-    algorithm of its appendix). Either a file (``model.teacher_weights``: anomalib's
-    ``pretrained_teacher_small.pth``, a state dict of the PDN) is loaded, or a teacher is
-    distilled here from the harness's configured backbone on the training images at hand
-    (:func:`distil_teacher`). The distillation follows the EfficientAD pretraining (as
-    re-implemented in nelson1425/EfficientAD ``pretraining.py``, one of the two code bases
-    anomalib's EfficientAd is based on) in everything but the data and the backbone:
+EfficientAD's teacher is a patch description network (PDN) distilled from a pretrained
+WideResNet-101 on ImageNet (Batzner et al., WACV 2024, Sec. 3.1 and the distillation
+algorithm of its appendix). Either a file (``model.teacher_weights``: anomalib's
+``pretrained_teacher_small.pth``, a state dict of the PDN) is loaded, or a teacher is
+distilled here from the harness's configured backbone on the training images at hand
+(:func:`distil_teacher`). The distillation follows the EfficientAD pretraining (as
+re-implemented in nelson1425/EfficientAD ``pretraining.py``, one of the two code bases
+anomalib's EfficientAd is based on) in everything but the data and the backbone:
 
-    - target: PatchCore's locally aware patch features (Roth et al. 2022) of the backbone's
-      ``layer2`` and ``layer3`` for the image at twice the PDN's input size (512 for 256): each
-      layer's 3 x 3 neighbourhoods, average-pooled along the flattened neighbourhood vector to
-      1024 values (``adaptive_avg_pool1d``), deeper layers bilinearly resized to ``layer2``'s
-      grid, the layers' vectors concatenated and average-pooled to the teacher's 384 channels
-      (:func:`embed_patch_features`), then standardised per channel over the training images;
-    - student of the distillation: the PDN with padding (its output grid is the target's:
-      64 x 64 for 256 px), trained with the mean squared error, Adam (lr 1e-4, weight decay
-      1e-5), batches of 16, the same random grayscale (p = 0.1) for both inputs;
-    - the trained weights are loaded into anomalib's teacher, which runs without padding
-      (as anomalib's teacher files are used).
+- target: PatchCore's locally aware patch features (Roth et al. 2022) of the backbone's
+  ``layer2`` and ``layer3`` for the image at twice the PDN's input size (512 for 256): each
+  layer's 3 x 3 neighbourhoods, average-pooled along the flattened neighbourhood vector to
+  1024 values (``adaptive_avg_pool1d``), deeper layers bilinearly resized to ``layer2``'s
+  grid, the layers' vectors concatenated and average-pooled to the teacher's 384 channels
+  (:func:`embed_patch_features`), then standardised per channel over the training images;
+- student of the distillation: the PDN with padding (its output grid is the target's:
+  64 x 64 for 256 px), trained with the mean squared error, Adam (lr 1e-4, weight decay
+  1e-5), batches of 16, the same random grayscale (p = 0.1) for both inputs;
+- the trained weights are loaded into anomalib's teacher, which runs without padding
+  (as anomalib's teacher files are used).
 
-    Differences, by necessity: the training images of the job instead of ImageNet, the
-    configured backbone (the harness's default: Wide-ResNet-50-2) instead of WideResNet-101,
-    images upsampled from the job's size instead of read at 512 px, and a configurable number
-    of steps (the pretraining code: 60,000). The teacher does not depend on the run seed (its
-    own seed is a config value), so all seeds of a sweep share one teacher, as they would
-    share a downloaded one; it is cached with the frozen features.
-
-Penalty images
-    ``model.penalty_dir`` is a folder of ImageNet-like images: anomalib's ``imagenette2``
-    (a torchvision ImageFolder with class subfolders) or any folder of images; every image file
-    below it is used, at any depth. Each is read as anomalib does: resized to twice the input
-    size, random grayscale (p = 0.3), centre crop to the input size. ``null`` trains without
-    the penalty term.
+Differences, by necessity: the training images of the job instead of ImageNet, the
+configured backbone (the harness's default: Wide-ResNet-50-2) instead of WideResNet-101,
+images upsampled from the job's size instead of read at 512 px, and a configurable number
+of steps (the pretraining code: 60,000). The teacher does not depend on the run seed (its
+own seed is a config value), so all seeds of a sweep share one teacher, as they would
+share a downloaded one; it is cached with the frozen features.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 from torchvision.transforms.functional import rgb_to_grayscale
 from tqdm.auto import tqdm
 
-from ..data import DatasetError, ImageSet
-from .anomalib_offline import import_anomalib
-from .backbone import BackboneSpec, FeatureExtractor, WeightsNotFoundError, sha256_of
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+from ...data import ImageSet
+from ..anomalib_adapter import teacher_download_info
+from ..backbone import BackboneSpec, FeatureExtractor, WeightsNotFoundError, sha256_of
 
 
 class TeacherWeightsNotFoundError(WeightsNotFoundError):
@@ -103,7 +90,8 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class IndexStream:
-    """Indices ``0..n-1`` in successive random permutations (epochs), taken a few at a time."""
+    """Indices ``0..n-1`` in successive random permutations (epochs), taken a few at a time
+    (a batch may span two epochs)."""
 
     def __init__(self, n: int, generator: torch.Generator) -> None:
         if n <= 0:
@@ -119,9 +107,6 @@ class IndexStream:
             self.epochs += 1
         taken, self.order = self.order[:count], self.order[count:]
         return taken
-
-
-# ---------------------------------------------------------------------------------------------- teacher
 
 
 def channel_mean_var(feature_maps: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,13 +207,9 @@ def distil_teacher(
     """
     embed = PatchEmbedding(spec, config.layers, out_channels, config.patch_size, config.layer_dim).to(device)
 
-    def batch(indices: torch.Tensor) -> torch.Tensor:
-        return resize_images(train.float_images(indices).to(device), input_size)
-
     # per-channel standardisation of the targets over the training images (the paper's distillation algorithm)
     mean, var = channel_mean_var(
-        embed(batch(torch.arange(start, min(start + config.batch_size, len(train))))).double()
-        for start in range(0, len(train), config.batch_size)
+        embed(resize_images(images.to(device), input_size)).double() for _, images in train.batches(config.batch_size)
     )
     std = var.clamp_min(1e-12).sqrt()
     mean, std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
@@ -240,7 +221,8 @@ def distil_teacher(
     losses: list[float] = []
     bar = tqdm(range(config.steps), desc="efficientad: distil teacher", leave=False, disable=not progress)
     for _ in bar:
-        images = _grayscale(batch(stream.take(config.batch_size)), config.grayscale, generator)
+        batch = resize_images(train.float_images(stream.take(config.batch_size)).to(device), input_size)
+        images = _grayscale(batch, config.grayscale, generator)
         target = (embed(images) - mean) / std
         prediction = pdn(images)
         if prediction.shape[-2:] != target.shape[-2:]:
@@ -261,10 +243,10 @@ def teacher_file(path: str, model_size: str) -> Path:
     file = Path(path).expanduser()
     if file.is_file():
         return file.resolve()
-    info = import_anomalib("anomalib.models.image.efficient_ad.lightning_model").WEIGHTS_DOWNLOAD_INFO
+    name, url = teacher_download_info()
     raise TeacherWeightsNotFoundError(
         f"model.teacher_weights={path!r}: no such file ({file.resolve()}). EfficientAD's pretrained teacher is "
-        f"pretrained_teacher_{model_size}.pth inside {info.name} ({info.url}). Nothing is downloaded at run time: "
+        f"pretrained_teacher_{model_size}.pth inside {name} ({url}). Nothing is downloaded at run time: "
         "download and extract it yourself and pass "
         f"model.teacher_weights=/path/to/pretrained_teacher_{model_size}.pth, or pass model.teacher_weights=null "
         "to distil a teacher from the configured backbone on the training images."
@@ -281,66 +263,3 @@ def load_teacher(teacher: nn.Module, file: Path) -> dict[str, Any]:
     except (RuntimeError, TypeError, AttributeError) as err:
         raise ValueError(f"teacher file {file} does not fit EfficientAD's teacher: {err}") from err
     return {"source": "file", "file": str(file), "sha256": sha256_of(str(file))}
-
-
-# ---------------------------------------------------------------------------------------------- penalty
-
-
-def penalty_files(folder: str) -> list[Path]:
-    """Every image file below ``folder`` (ImageFolder class subfolders or a flat folder)."""
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise DatasetError(
-            f"model.penalty_dir={folder!r}: no such folder ({root.resolve()}). Expected a folder of ImageNet-like "
-            "images (e.g. imagenette2 from https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz, extracted), "
-            "or model.penalty_dir=null to train EfficientAD without the penalty."
-        )
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise DatasetError(
-            f"model.penalty_dir={folder!r}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) below {root}"
-        )
-    return files
-
-
-class PenaltyImages(Dataset):
-    """Penalty images as anomalib prepares imagenette: ``[3, S, S]`` in [0, 1]."""
-
-    def __init__(self, files: list[Path], size: int, grayscale: float) -> None:
-        self.files = files
-        self.transform = transforms.Compose(
-            [
-                transforms.Resize((2 * size, 2 * size)),
-                transforms.RandomGrayscale(p=grayscale),
-                transforms.CenterCrop((size, size)),
-                transforms.ToTensor(),
-            ]
-        )
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                return self.transform(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as err:
-            raise DatasetError(f"unreadable penalty image {path}: {err}") from err
-
-
-def penalty_stream(
-    files: list[Path], size: int, grayscale: float, seed: int, workers: int, pin_memory: bool
-) -> Iterator[torch.Tensor]:
-    """Endless penalty images in batches of one (anomalib: shuffled, batch size 1), ``[1, 3, S, S]``."""
-    loader = DataLoader(
-        PenaltyImages(files, size, grayscale),
-        batch_size=1,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=workers,
-        pin_memory=pin_memory,
-        persistent_workers=workers > 0,
-    )
-    while True:
-        yield from loader

@@ -1,0 +1,344 @@
+"""DFR as a model of the harness: training and inference of :mod:`.torch_model`'s networks.
+
+- :func:`pca_latent_dim`: the latent width, chosen by PCA;
+- :class:`Dfr`: the :class:`~ulsad_bench.models.base.AnomalyModel`.
+
+Facts taken from the authors' code (file names under ``DFR-source/`` of YoungGod/DFR):
+
+- ``main.py``: ``latent_dim=None`` (chosen by PCA); batch size 4; Adam with learning rate
+  1e-4; 150 epochs (the comment says "default 700, for wine 150"; 150 is the value that runs).
+- ``anoseg_dfr.py`` (``build_classifier``): the latent width is
+  ``PCA(n_components=0.90).fit(feats)`` on the regional feature vectors (every position) of
+  the first batch of the unshuffled training loader, batch size 10, i.e. the first 10
+  training images; sklearn keeps the fewest components whose cumulated explained variance
+  ratio exceeds 0.9.
+- ``feat_cae.py``: loss ``mean((x - x_hat) ** 2)``.
+- ``anoseg_dfr.py`` (``train``): Adam without weight decay, the training loader shuffled, the
+  last epoch's model kept (its periodic test-set AUC is only logged).
+
+Choices where the paper and code are silent, or where the harness differs:
+
+- Images are read and resized by the harness (bilinear, the same for every model), not by
+  DFR's nearest-neighbour ``Resize``; the validation split is not used (DFR calibrates nothing).
+- DFR runs in fp32 (as the authors' code); ``precision=bf16`` is refused.
+
+Scale. At 256 px the training features are 3456 x 64 x 64 per image, 56.6 MB in fp32. The
+frozen features of the training images are extracted once per (images, backbone, weights,
+layers, padding, resize, kernel, stride) through the harness's feature cache, never per
+seed, and stored in ``cache_dtype`` (float16 by default: 28 MB per image, 11 GB for 400
+images); batches are cast back to fp32 for the autoencoder. Features larger than 1 GiB stay on
+disk between jobs, not in the cache's in-process memory. When the estimate exceeds
+``max_cache_gb`` (16 by default, about 560 images at 256 px) they are not cached: every epoch
+runs the backbone again on each batch, as the authors' code does (recorded as
+``features: on_the_fly``). That costs little where it matters: at 256 px the VGG19 forward
+pass (about 23 GMAC per image up to ``relu4_4``) is small next to the autoencoder's training
+step, whose first and last 1 x 1 convolutions alone (3456 channels to and from at least 1728,
+at 64 x 64 positions) take about 49 GMAC per image in the forward pass and twice that in the
+backward pass, while each cached category takes up to 16 GB of ``cache_dir``. On CUDA the cached features are moved
+to the GPU once when they take less than half its free memory.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ...data import ImageSet
+from ...environment import seeded
+from ..base import AnomalyModel, Prediction, RunContext
+from .torch_model import DFR_LAYERS, DfrModel, FeatCAE, RegionalFeatures
+
+#: Cached features above this size are not kept in the cache's in-process memory.
+MEMORY_CACHE_BYTES = 1 << 30
+
+
+def pca_latent_dim(vectors: torch.Tensor, variance_ratio: float) -> int:
+    """The fewest principal components whose explained variance ratio exceeds ``variance_ratio``.
+
+    The rule of sklearn's ``PCA(n_components=variance_ratio)`` that DFR calls
+    (``anoseg_dfr.py``): centred data, eigenvalues in decreasing order, the count ``k`` with
+    ``cumsum[k - 2] <= ratio < cumsum[k - 1]``. Computed in float64 from the smaller of the two
+    Gram matrices.
+
+    Args:
+        vectors: ``[n, feature_dim]`` feature vectors (one per row).
+        variance_ratio: in (0, 1).
+    """
+    if not 0 < variance_ratio < 1:
+        raise ValueError(f"variance_ratio must be in (0, 1), got {variance_ratio}")
+    x = vectors.double()
+    x = x - x.mean(dim=0, keepdim=True)
+    gram = x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T
+    eigenvalues = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0)
+    total = eigenvalues.sum()
+    if total <= 0:
+        raise ValueError("PCA of constant features: the latent width is undefined")
+    cumulative = torch.cumsum(eigenvalues, 0) / total
+    k = int(torch.searchsorted(cumulative, torch.tensor([variance_ratio], dtype=torch.float64), right=True)) + 1
+    return min(k, len(eigenvalues))
+
+
+class Dfr(AnomalyModel):
+    """DFR as a model of the harness (see the module docstrings for every source)."""
+
+    name = "dfr"
+    uses_validation = False  # nothing is calibrated: trains on every training image (anomalib)
+    min_image_size = 16  # VGG19's four poolings before relu4_4 and the 4 x 4 regional windows
+
+    def __init__(
+        self,
+        backbone: str = "vgg19",
+        layers: tuple[str, ...] = DFR_LAYERS,
+        vgg_padding: str = "reflect",
+        upsample: str = "bilinear",
+        featmap_size: int | None = None,
+        kernel_size: int = 4,
+        stride: int = 4,
+        latent_dim: int | None = None,
+        variance_ratio: float = 0.9,
+        pca_images: int = 10,
+        batch_norm: bool = True,
+        epochs: int = 150,
+        batch_size: int = 4,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        feature_batch_size: int = 8,
+        cache_dtype: str = "float16",
+        max_cache_gb: float = 16.0,
+    ) -> None:
+        if backbone != "vgg19":
+            raise ValueError(f"DFR's regional features are defined on vgg19, got backbone={backbone!r}")
+        if cache_dtype not in ("float16", "float32"):
+            raise ValueError(f"cache_dtype must be float16 or float32, got {cache_dtype!r}")
+        if latent_dim is not None and latent_dim < 1:
+            raise ValueError(f"latent_dim must be positive or null (PCA), got {latent_dim}")
+        self.backbone_name = backbone
+        self.layers = list(layers)
+        self.vgg_padding = vgg_padding
+        self.upsample = upsample
+        self.featmap_size = featmap_size
+        self.kernel_size = int(kernel_size)
+        self.stride = int(stride)
+        self.config_latent_dim = latent_dim  # None: chosen by PCA in fit()
+        self.latent_dim: int | None = latent_dim
+        self.variance_ratio = float(variance_ratio)
+        self.pca_images = int(pca_images)
+        self.batch_norm = bool(batch_norm)
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.feature_batch_size = int(feature_batch_size)
+        self.cache_dtype = cache_dtype
+        self.max_cache_gb = float(max_cache_gb)
+        self.feature_mode = "cached"
+
+    # ------------------------------------------------------------------ set-up
+
+    def own_backbone(self) -> str | None:
+        return self.backbone_name
+
+    def setup(self, ctx: RunContext) -> None:
+        super().setup(ctx)
+        if ctx.autocast_dtype is not None:
+            raise ValueError("DFR runs in fp32 (as the authors' code); use precision=fp32")
+        self.features = RegionalFeatures(
+            ctx.backbone,
+            self.layers,
+            image_size=ctx.image_size,
+            featmap_size=self.featmap_size,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            upsample=self.upsample,
+            vgg_padding=self.vgg_padding,
+        ).to(ctx.device)
+        self.layers = self.features.layers
+        self.model: DfrModel | None = None  # built in fit(), once the latent width is known
+
+    @property
+    def latent_dim_source(self) -> str:
+        return "config" if self.config_latent_dim is not None else "pca"
+
+    # ------------------------------------------------------------------ features
+
+    def _feature_key(self, images: ImageSet) -> dict[str, Any]:
+        f = self.features
+        return {
+            "what": "dfr-features",
+            "images": images.key,
+            "backbone": self.ctx.backbone.name,
+            "weights": self.ctx.backbone.weights.identity,
+            "layers": f.layers,
+            "vgg_padding": f.vgg_padding,
+            "upsample": f.upsample,
+            "featmap_size": f.featmap_size,
+            "kernel": f.kernel_size,
+            "stride": f.stride,
+            "dtype": self.cache_dtype,
+        }
+
+    def _extract(self, images: torch.Tensor) -> torch.Tensor:
+        """Regional features of images ``[B, 3, S, S]`` (any device) in fp32 on the device."""
+        return self.features(images.to(self.ctx.device, non_blocking=True))
+
+    def train_features(self, train: ImageSet) -> tuple[torch.Tensor | None, bool]:
+        """``(features, hit)``: the frozen regional features of ``train``, ``[N, feature_dim, h, h]``
+        in ``cache_dtype``, and whether they came from the feature cache; ``(None, False)`` when
+        they would exceed ``max_cache_gb`` (then every epoch extracts them again)."""
+        f = self.features
+        dtype = getattr(torch, self.cache_dtype)
+        nbytes = len(train) * f.feature_dim * f.feature_size**2 * torch.finfo(dtype).bits // 8
+        if nbytes > self.max_cache_gb * 1e9:
+            self.feature_mode = "on_the_fly"
+            self.ctx.log(
+                f"dfr: training features would take {nbytes / 1e9:.1f} GB (> max_cache_gb={self.max_cache_gb}); "
+                "extracting them every epoch instead"
+            )
+            return None, False
+        self.feature_mode = "cached"
+
+        def compute() -> torch.Tensor:
+            out = torch.empty((len(train), f.feature_dim, f.feature_size, f.feature_size), dtype=dtype)
+            batches = train.batches(self.feature_batch_size, progress=self.ctx.progress, desc="dfr: features")
+            for idx, images in batches:
+                out[idx] = self._extract(images).to(dtype).cpu()
+            return out
+
+        return self.ctx.feature_cache.get_or_compute(
+            self._feature_key(train), compute, keep_in_memory=nbytes <= MEMORY_CACHE_BYTES
+        )
+
+    def _on_device(self, features: torch.Tensor) -> torch.Tensor:
+        """Move cached features to the GPU once when they fit comfortably; else keep them on CPU."""
+        device = self.ctx.device
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if features.numel() * features.element_size() < free / 2:
+                return features.to(device)
+        return features
+
+    def choose_latent_dim(self, train: ImageSet, features: torch.Tensor | None) -> tuple[int, int]:
+        """(latent width, feature vectors used): PCA on the first ``pca_images`` training images."""
+        if self.config_latent_dim is not None:
+            return self.config_latent_dim, 0
+        n = min(self.pca_images, len(train))
+        if features is not None:
+            first = features[:n].to(self.ctx.device).float()
+        else:
+            first = self._extract(train.float_images(slice(0, n)))
+        vectors = first.permute(0, 2, 3, 1).reshape(-1, first.shape[1])  # [n * h * w, feature_dim]
+        return pca_latent_dim(vectors, self.variance_ratio), vectors.shape[0]
+
+    # ------------------------------------------------------------------ training
+
+    def train_epochs(self, cae: FeatCAE, train: ImageSet, features: torch.Tensor | None, epochs: int) -> list[float]:
+        """Train ``cae`` on the l2 reconstruction loss; the mean loss of each epoch.
+
+        ``features``: the cached ``[N, feature_dim, h, h]`` of ``train`` (CPU or device), or None
+        to run the backbone on every batch.
+        """
+        device = self.ctx.device
+        optimizer = torch.optim.Adam(cae.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        generator = torch.Generator().manual_seed(self.ctx.seed)
+        cae.train()
+        losses: list[float] = []
+        bar = tqdm(range(epochs), desc="dfr: train", leave=False, disable=not self.ctx.progress)
+        for _ in bar:
+            total, count = 0.0, 0
+            for idx, images in train.batches(self.batch_size, shuffle=True, generator=generator):
+                if features is None:
+                    x = self._extract(images)
+                else:
+                    x = features[idx.to(features.device)].to(device, non_blocking=True).float()
+                loss = F.mse_loss(cae(x), x)  # feat_cae.py: mean((x - x_hat) ** 2)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+                count += len(idx)
+            losses.append(total / count)
+            bar.set_postfix(loss=f"{losses[-1]:.5f}", refresh=False)
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"dfr: training loss is {losses[-1]} after {len(losses)} epochs")
+            if self.ctx.on_epoch_end is not None:
+                self.end_epoch(len(losses), epochs)
+                cae.train()
+        cae.eval()
+        return losses
+
+    def fit(self, train: ImageSet, val: ImageSet) -> dict[str, Any]:
+        features, reused = self.train_features(train)
+        if features is not None:
+            features = self._on_device(features)
+        latent_dim, pca_vectors = self.choose_latent_dim(train, features)
+        self.latent_dim = latent_dim
+        feature_dim = self.features.feature_dim
+        self.ctx.log(
+            f"dfr: latent width {latent_dim} ({self.latent_dim_source}, variance ratio {self.variance_ratio}, "
+            f"{pca_vectors} vectors of {feature_dim} channels)"
+        )
+        device = self.ctx.device
+        with seeded(self.ctx.seed, device):
+            cae = FeatCAE(feature_dim, latent_dim, self.batch_norm).to(device)
+        self.model = DfrModel(self.features, cae)
+        losses = self.train_epochs(cae, train, features, self.epochs)
+        return {
+            "train_images": len(train),
+            "features": self.feature_mode,
+            "features_reused": reused,
+            "channels": feature_dim,
+            "feature_size": self.features.feature_size,
+            "latent_dim": latent_dim,
+            "pca_vectors": pca_vectors,
+            "loss_per_epoch": [round(v, 6) for v in losses],
+            "final_loss": round(losses[-1], 6) if losses else None,
+        }
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Energy map upsampled bilinearly (``align_corners=True``) to the image; score = its max."""
+        assert self.model is not None, "fit() first"
+        self.model.eval()
+        maps, scores = self.model(images.to(self.ctx.device, non_blocking=True))
+        return Prediction(maps=maps, scores=scores)
+
+    def inference_modules(self) -> list[nn.Module]:
+        return [self.model] if self.model is not None else [self.features]
+
+    def hyperparameters(self) -> dict[str, Any]:
+        f = self.features
+        return {
+            "backbone": self.ctx.backbone.name,
+            "layers": list(f.layers),
+            "nodes": list(f.nodes),
+            "vgg_padding": f.vgg_padding,
+            "upsample": f.upsample,
+            "featmap_size": f.featmap_size,
+            "kernel_size": f.kernel_size,
+            "stride": f.stride,
+            "channels": f.feature_dim,
+            "feature_size": f.feature_size,
+            "latent_dim": self.latent_dim,
+            "latent_dim_source": self.latent_dim_source,
+            "variance_ratio": self.variance_ratio,
+            "pca_images": self.pca_images,
+            "batch_norm": self.batch_norm,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "optimizer": "Adam",
+            "loss": "mse",
+            "map": "channel-mean squared error, bilinear (align_corners) to the image, no blur",
+            "score": "max",
+            "features": self.feature_mode,
+            "cache_dtype": self.cache_dtype,
+            "max_cache_gb": self.max_cache_gb,
+        }

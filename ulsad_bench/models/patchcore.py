@@ -1,0 +1,60 @@
+"""PatchCore (Roth et al. 2022) through anomalib's ``PatchcoreModel`` (:mod:`.feature_bank`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..environment import limit_heap_fragmentation, seeded
+from .anomalib_adapter import build_patchcore, select_coreset, stored_patches
+from .base import RunContext
+from .feature_bank import FeatureBankModel
+
+
+class Patchcore(FeatureBankModel):
+    """PatchCore (Roth et al. 2022) via ``anomalib.models.image.patchcore.torch_model.PatchcoreModel``.
+
+    Hyperparameters of the PatchCore paper and anomalib's defaults: ``layer2`` + ``layer3``
+    (3 x 3 local average, ``layer3`` resized to ``layer2``'s grid), greedy coreset of 10 % of
+    the training patches, image score re-weighted over 9 nearest neighbours. Maps are
+    anomalib's: nearest patch distances upsampled to the input size, Gaussian blur sigma 4.
+    The coreset (random start, random projection) is drawn from the run seed.
+    """
+
+    name = "patchcore"
+    uses_validation = False  # nothing is calibrated: trains on every training image (anomalib)
+    min_image_size = 17  # the map's Gaussian blur (sigma 4, kernel 33) reflect-pads 16 pixels
+
+    def __init__(
+        self,
+        layers: tuple[str, ...] = ("layer2", "layer3"),
+        coreset_sampling_ratio: float = 0.1,
+        num_neighbors: int = 9,
+        batch_size: int = 32,
+    ) -> None:
+        if not 0 < coreset_sampling_ratio <= 1:
+            raise ValueError(f"coreset_sampling_ratio must be in (0, 1], got {coreset_sampling_ratio}")
+        self.layers = list(layers)
+        self.coreset_sampling_ratio = float(coreset_sampling_ratio)
+        self.num_neighbors = int(num_neighbors)
+        self.batch_size = batch_size
+
+    def _build(self, ctx: RunContext) -> nn.Module:
+        return build_patchcore(ctx.backbone.name, self.layers, self.num_neighbors)
+
+    def _finish_fit(self) -> dict[str, Any]:
+        patches = stored_patches(self.model)
+        limit_heap_fragmentation()  # the coreset loop fragments glibc's heap otherwise
+        with seeded(self.ctx.seed, self.ctx.device):
+            memory_bank = select_coreset(self.model, self.coreset_sampling_ratio, self.ctx.progress)
+        return {"train_patches": patches, "memory_bank": memory_bank}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "layers": self.layers,
+            "coreset_sampling_ratio": self.coreset_sampling_ratio,
+            "num_neighbors": self.num_neighbors,
+            "batch_size": self.batch_size,
+            "blur_sigma": 4,  # anomalib's AnomalyMapGenerator (fixed)
+        }

@@ -1,0 +1,808 @@
+"""The plan of a sweep, before anything is launched: ``make sweep ... PLAN=1``.
+
+``python -m ulsad_bench.sweep ... plan=1`` (:func:`make_plan`, :func:`format_plan`) runs no job
+and starts no launcher. It prints:
+
+- **the jobs**: Hydra's own expansion of the sweep (:func:`expand_sweep`): the master config is
+  composed from ``run.py -m``'s command line as Hydra composes it, then ``hydra.sweeper.params``
+  and the command line's overrides are split by the basic sweeper's
+  ``BasicSweeper.split_arguments``, so sweeps in the extra overrides (``-- model.alpha=0.5,0.9``)
+  and in presets' ``hydra.sweeper.params`` count as they will run;
+- **which are done**: each job's config is composed as the launcher composes it
+  (``ConfigLoader.load_sweep_config``), its run folder is ``hydra.sweep.dir`` /
+  ``hydra.sweep.subdir`` resolved with the job's own task overrides (as ``run_job`` names it),
+  and the job's own resume decision is taken there (:func:`ulsad_bench.records.resume_check`
+  with the record found, the config hash, the data fingerprint listed now and the code
+  versions: the data are only listed and stat'ed, never read);
+- **the time**: the median seconds per job (``timing.load_s + fit_s + predict_s + profile_s +
+  metrics_s``) of the ok records of the same model on the same kind of device (``cuda`` +
+  GPU name, ``cpu`` + machine) under the results folder, else under ``outputs/``, x the jobs
+  still to run; "unknown" without such a record;
+- **the cache disk** the jobs still to run will need, an estimate from the configs' shapes and
+  the listed splits (:func:`job_cache_entries`); entries that jobs share (features across seeds)
+  are counted once, and entries already in the cache are not subtracted.
+
+Everything runs with the working directory at the repository, as ``make sweep`` runs ``run.py``,
+so relative paths (results, ``cache_dir``, ``dataset.root``) mean what they will mean for the jobs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import statistics
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from .config import CONF_DIR, REPO, expand_all_categories
+from .joblock import LOCK_NAME
+from .records import RECORD_NAME, config_hash, find_records, inspect_record, is_attempt, resume_check, resume_mode
+
+if TYPE_CHECKING:
+    from .data import Sample, Splits
+
+#: the parts of a record's ``timing`` that make up a job's time
+TIMING_KEYS = ("load_s", "fit_s", "predict_s", "profile_s", "metrics_s")
+#: the keys every plan names among the jobs' factors, swept or not
+MAIN_FACTORS = ("model", "dataset.category", "seed")
+#: jobs to run listed one by one in the plan (the rest are counted)
+LISTED_JOBS = 20
+
+
+class PlanError(ValueError):
+    """The sweep cannot be planned: Hydra cannot compose one of its jobs (the sweep itself would
+    stop before launching any), or its sweeper is not Hydra's basic sweeper."""
+
+
+# ----------------------------------------------------------------------------- Hydra, as run.py -m sets it up
+
+
+@contextmanager
+def in_repo() -> Iterator[None]:
+    """The block runs in the repository (``make sweep`` runs ``run.py`` there)."""
+    before = os.getcwd()
+    os.chdir(REPO)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@contextmanager
+def hydra_app() -> Iterator[Any]:
+    """Hydra set up as ``run.py``'s ``@hydra.main`` sets it up (``conf/``, job name ``run``, the
+    working directory at the repository); yields Hydra's ``Hydra`` object."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import ulsad_bench  # noqa: F401  (the config resolvers, ULSAD_BENCH_ROOT for the presets' search path)
+
+    with in_repo(), initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="run"):
+        yield GlobalHydra.instance().hydra
+
+
+def master_config(hydra: Any, overrides: Sequence[str]) -> DictConfig:
+    """The multirun's master config, composed as ``run.py -m`` composes it."""
+    from hydra.types import RunMode
+
+    return hydra.compose_config(config_name="config", overrides=list(overrides), run_mode=RunMode.MULTIRUN)
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """A multirun's jobs: each job's overrides as the launcher receives them, and the swept
+    keys with their number of values (``[("model", 2), ("seed", 5)]``)."""
+
+    jobs: list[list[str]]
+    factors: list[tuple[str, int]]
+
+
+def expand_sweep(master: DictConfig, config_loader: Any = None) -> Expansion:
+    """The jobs Hydra's basic sweeper makes of a master config: ``hydra.sweeper.params`` then the
+    command line's task overrides (the command line wins for a key in both), parsed by Hydra's
+    override parser and split by ``BasicSweeper.split_arguments``. ``config_loader`` lets the
+    parser expand ``glob()`` over config groups."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = master.hydra.sweeper
+    target = str(sweeper.get("_target_", ""))
+    if target.rsplit(".", 1)[-1] != "BasicSweeper":
+        raise PlanError(f"hydra.sweeper is {target}: the plan knows Hydra's basic sweeper only")
+    params = sweeper.get("params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += [str(line) for line in master.hydra.overrides.task]
+    overrides = OverridesParser.create(config_loader=config_loader).parse_overrides(arguments)
+    jobs = [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    counts: dict[str, int] = {}
+    for override in overrides:  # as split_arguments: a later override of a key replaces it in place
+        key = override.get_key_element()
+        counts[key] = len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
+    factors = [(key, n) for key, n in counts.items() if n > 1 or key.lstrip("+~") in MAIN_FACTORS]
+    return Expansion(jobs, factors)
+
+
+def jobs_at_once(master: DictConfig, total: int | None = None) -> int:
+    """How many jobs the configured launcher runs at once: joblib's ``n_jobs`` (negative: the
+    CPUs but ``-n - 1``), submitit's ``array_parallelism``, Ray's GPUs (``ray.init.num_gpus``, else
+    those of this machine) over ``ray.remote.num_gpus`` per job, 1 for the basic launcher; at
+    most ``total``."""
+    launcher = master.hydra.launcher
+    target = str(launcher.get("_target_", "")).lower()
+    n = 1
+    if "joblib" in target:
+        n = int(launcher.get("n_jobs") or -1)
+        if n < 0:
+            n = (os.cpu_count() or 1) + 1 + n
+    elif "submitit" in target:
+        n = int(launcher.get("array_parallelism") or 256)
+    elif "ray" in target:
+        per_job = float(OmegaConf.select(launcher, "ray.remote.num_gpus", default=0) or 0)
+        gpus = OmegaConf.select(launcher, "ray.init.num_gpus", default=None)
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        n = int(float(gpus) // per_job) if per_job > 0 else (os.cpu_count() or 1)
+    n = max(1, n)
+    return min(n, total) if total else n
+
+
+# ----------------------------------------------------------------------------- one job
+
+
+@dataclass
+class PlannedJob:
+    """One job of the plan.
+
+    Attributes:
+        overrides: the job's overrides as the launcher passes them.
+        run_dir: its run folder, as Hydra names it (absolute).
+        cfg: its config as the job receives it (None when it cannot be resolved).
+        done: whether the job would skip itself (its ok record matches, ``resume``).
+        reason: why it is done, or why it runs.
+        device: the device it would use (``describe_device``), None when unavailable.
+        splits: its splits as it reads them (protocol applied); None when the dataset cannot be listed.
+        resume: its resume mode (None when its settings are refused).
+    """
+
+    index: int
+    overrides: list[str]
+    run_dir: Path
+    cfg: DictConfig | None
+    model: str
+    done: bool
+    reason: str
+    device: str | None = None
+    splits: Splits | None = None
+    resume: str | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A category's splits as a job lists them, their fingerprint, or why they cannot be listed."""
+
+    splits: Splits | None
+    fingerprint: dict[str, Any] | None
+    problem: str | None = None
+
+
+class Lister:
+    """The splits and fingerprints of the plan's jobs, listed once per distinct listing (the
+    dataset config, the cache folder, whether the model uses a validation split, the protocol's
+    ``quantiles_from_test``: everything :func:`ulsad_bench.runner.job_splits` depends on)."""
+
+    def __init__(self) -> None:
+        self.listings: dict[str, Listing] = {}
+        self.devices: dict[str, str | None] = {}
+
+    def listing(self, cfg: DictConfig) -> Listing:
+        from .data import DatasetError
+        from .protocol import Protocol
+        from .runner import job_splits, model_class
+
+        key = json.dumps(
+            [
+                OmegaConf.to_container(cfg.dataset, resolve=True),
+                str(cfg.cache_dir),
+                model_class(cfg).uses_validation,
+                Protocol.from_config(cfg).quantiles_from_test,
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        if key not in self.listings:
+            try:
+                splits = job_splits(cfg)
+                self.listings[key] = Listing(splits, splits.fingerprint())
+            except (DatasetError, OSError, ValueError) as err:  # the job then fails on the same error
+                self.listings[key] = Listing(None, None, f"{type(err).__name__}: {err}")
+        return self.listings[key]
+
+    def device(self, cfg: DictConfig) -> str | None:
+        from .environment import describe_device, resolve_device
+
+        name = str(cfg.device)
+        if name not in self.devices:
+            try:
+                self.devices[name] = describe_device(resolve_device(name))
+            except (RuntimeError, ValueError):
+                self.devices[name] = None
+        return self.devices[name]
+
+
+def job_config(
+    hydra: Any, master: DictConfig, index: int, overrides: Sequence[str]
+) -> tuple[DictConfig, Path, str | None]:
+    """``(config, run folder, problem)`` of one job: composed as the launcher composes it
+    (``load_sweep_config``), the folder resolved as ``run_job`` resolves it (``hydra.sweep.dir``
+    joined with ``hydra.sweep.subdir``, with the job's Hydra config set), and the config the task
+    function receives (the ``hydra`` node removed), resolved; ``problem``: why it cannot be
+    resolved (the job would fail on it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        sweep_config = hydra.config_loader.load_sweep_config(master, list(overrides))
+    except Exception as err:
+        raise PlanError(
+            f"Hydra cannot compose job #{index} ({' '.join(overrides)}): {type(err).__name__}: {err}; "
+            "the sweep would stop before launching any job"
+        ) from err
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = index  # as the basic launcher
+        sweep_config.hydra.job.num = index
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(sweep_config)
+    problem = None
+    try:
+        output_dir = str(OmegaConf.select(sweep_config, "hydra.sweep.dir"))
+        output_dir = os.path.join(output_dir, str(OmegaConf.select(sweep_config, "hydra.sweep.subdir")))
+        task = sweep_config  # run_job deletes the node from a copy; this config is the plan's alone
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        try:
+            OmegaConf.resolve(task)
+        except Exception as err:  # the job meets the same error when it resolves its config
+            problem = f"its config cannot be resolved: {type(err).__name__}: {err}"
+    finally:
+        HydraConfig.instance().cfg = previous
+    return task, Path(os.path.abspath(output_dir)), problem
+
+
+def plan_job(
+    hydra: Any, master: DictConfig, index: int, overrides: Sequence[str], versions_now: dict[str, Any], lister: Lister
+) -> PlannedJob:
+    """One job and the decision it would take: the checks of :func:`ulsad_bench.runner.run`
+    before it runs anything (its settings, then ``resume_check`` on the record in its folder)."""
+    from .protocol import Protocol, apply_to_splits
+    from .runner import validate_job
+
+    task, run_dir, problem = job_config(hydra, master, index, overrides)
+    model = str(OmegaConf.select(task, "model.name", default="?", throw_on_resolution_failure=False))
+    job = PlannedJob(index, list(overrides), run_dir, None if problem else task, model, done=False, reason="")
+    if problem:
+        job.reason = f"would fail: {problem}"
+        return job
+    try:
+        validate_job(task)
+    except Exception as err:
+        job.reason = f"would fail its settings check: {type(err).__name__}: {err}"
+        return job
+    job.device = lister.device(task)
+    config = OmegaConf.to_container(task, resolve=True)
+    assert isinstance(config, dict)
+    mode = job.resume = resume_mode(task.get("resume", "strict"))
+    listing = lister.listing(task)
+    if listing.splits is not None:
+        try:
+            job.splits = apply_to_splits(Protocol.from_config(task), listing.splits)[0]
+        except ValueError:
+            job.splits = listing.splits
+    existing = inspect_record(run_dir / RECORD_NAME)
+    fingerprint = listing.fingerprint if mode == "strict" else None
+    job.done, job.reason = resume_check(existing.record, mode, config_hash(config), fingerprint, versions_now)
+    if not job.done and (run_dir / LOCK_NAME).exists():  # looked at, never taken: a running job keeps its lock
+        job.reason += " (a lock file is there: another process may be running it)"
+    return job
+
+
+# ----------------------------------------------------------------------------- time
+
+
+def job_seconds(record: dict[str, Any]) -> float | None:
+    """A record's job time: the sum of its :data:`TIMING_KEYS` (None without any)."""
+    timing = record.get("timing") or {}
+    values = [timing.get(key) for key in TIMING_KEYS]
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(numbers) if numbers else None
+
+
+def device_kind(description: str | None) -> str:
+    """The kind of a device a record names: ``cuda:1 NVIDIA H200`` -> ``cuda NVIDIA H200``,
+    ``cpu x86_64 (16 threads)`` -> ``cpu x86_64``."""
+    text = str(description or "").strip()
+    head, _, rest = text.partition(" ")
+    rest = re.sub(r"\s*\(\d+ threads?\)$", "", rest).strip()
+    return f"{head.split(':', 1)[0]} {rest}".strip()
+
+
+@dataclass(frozen=True)
+class TimedRecord:
+    """An ok record as the time estimate reads it."""
+
+    model: str
+    device: str
+    dataset: str
+    image_size: Any
+    seconds: float
+
+
+def timed_records(folder: Path) -> list[TimedRecord]:
+    """The ok records under ``folder`` (failed attempts left out) with their job time."""
+    found = []
+    for path in find_records(folder):
+        if is_attempt(path):
+            continue
+        record = inspect_record(path).record
+        if record is None or record.get("status") != "ok":
+            continue
+        seconds = job_seconds(record)
+        if seconds is None:
+            continue
+        size = ((record.get("config") or {}).get("dataset") or {}).get("image_size")
+        kind = device_kind(record.get("device"))
+        found.append(TimedRecord(str(record.get("model")), kind, str(record.get("dataset")), size, seconds))
+    return found
+
+
+@dataclass(frozen=True)
+class ModelTime:
+    """The time estimate of one model's jobs still to run."""
+
+    model: str
+    to_run: int
+    seconds: float | None
+    records: int
+    basis: str
+
+    @property
+    def total(self) -> float | None:
+        return None if self.seconds is None else self.seconds * self.to_run
+
+
+def estimate_time(jobs: Sequence[PlannedJob], sources: Sequence[Path]) -> list[ModelTime]:
+    """Per model: its jobs still to run x the median job time of the ok records of that model on
+    the same device kind, from the first of ``sources`` that has any (records of the same
+    dataset and image size preferred)."""
+    timed: dict[Path, list[TimedRecord]] = {}
+    estimates = []
+    for model in dict.fromkeys(job.model for job in jobs):
+        mine = [job for job in jobs if job.model == model]
+        waiting = [job for job in mine if not job.done]
+        basis_jobs = waiting or mine
+        kinds = {device_kind(job.device) for job in basis_jobs if job.device}
+        pairs = {(_dataset_of(job), _size_of(job)) for job in basis_jobs}
+        chosen: list[TimedRecord] = []
+        basis = f"no ok {model} record on {' or '.join(sorted(kinds)) or 'this device'} under " + " or ".join(
+            str(s) for s in sources
+        )
+        for source in sources:
+            if source not in timed:
+                timed[source] = timed_records(source) if source.is_dir() else []
+            candidates = [r for r in timed[source] if r.model == model and r.device in kinds]
+            if not candidates:
+                continue
+            same = [r for r in candidates if (r.dataset, r.image_size) in pairs]
+            chosen = same or candidates
+            count = f"{len(chosen)} ok record{'s' if len(chosen) != 1 else ''}"
+            where = "same dataset and image size" if same else "other datasets or image sizes: rough"
+            basis = f"median of {count} under {source}, {where}"
+            break
+        seconds = statistics.median(r.seconds for r in chosen) if chosen else None
+        estimates.append(ModelTime(model, len(waiting), seconds, len(chosen), basis))
+    return estimates
+
+
+def _dataset_of(job: PlannedJob) -> str:
+    return "" if job.cfg is None else str(OmegaConf.select(job.cfg, "dataset.name", default=""))
+
+
+def _size_of(job: PlannedJob) -> Any:
+    return None if job.cfg is None else OmegaConf.select(job.cfg, "dataset.image_size", default=None)
+
+
+# ----------------------------------------------------------------------------- cache disk
+
+DECODED = "decoded images (cache.decoded_images)"
+ULSAD_FEATURES = "ULSAD features (train + val)"
+ULSAD_TRAINED = "ULSAD trained models"
+DFR_FEATURES = "DFR features (train)"
+TEACHERS = "EfficientAD distilled teachers"
+
+
+def _images_id(samples: Sequence[Sample], size: int, resize: str, crop: int | None = None) -> str:
+    """Identity of an image set as the caches key it: its files, size, resize and crop."""
+    digest = hashlib.sha256(f"size={size}|resize={resize}|crop={crop}".encode())
+    for sample in samples:
+        digest.update(f"\n{sample.path}".encode())
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=32)
+def ulsad_state_bytes(feature_dim: int, architecture: str, image_size: int) -> int:
+    """Bytes of ULSAD's trained state (FRN and global autoencoder, built on the meta device)."""
+    import torch
+
+    from .models.ulsad.torch_model import FeatureReconstructionNetwork, GlobalAutoencoder
+
+    with torch.device("meta"):
+        modules = [
+            FeatureReconstructionNetwork(feature_dim, architecture, True),
+            GlobalAutoencoder(image_size, feature_dim, architecture),
+        ]
+    return sum(v.numel() * v.element_size() for m in modules for v in m.state_dict().values())
+
+
+@functools.lru_cache(maxsize=8)
+def pdn_bytes(model_size: str, out_channels: int) -> int:
+    """Bytes of EfficientAD's teacher (its patch description network, built on the meta device)."""
+    import torch
+
+    from .models import anomalib_adapter as adapter
+
+    with torch.device("meta"):
+        pdn = adapter.build_pdn(model_size, out_channels, padding=True)
+    return sum(v.numel() * v.element_size() for v in pdn.state_dict().values())
+
+
+def dfr_feature_dim(layers: Sequence[str]) -> int:
+    """DFR's regional feature width: the channels of its VGG19 layers (3456 for the 12 layers)."""
+    from .models.dfr.torch_model import VGG19_RELUS, vgg19_plan
+
+    plan = vgg19_plan()
+    return sum(plan[int(VGG19_RELUS[layer].split(".")[1])][1] for layer in dict.fromkeys(layers))
+
+
+def _weights_policy(cfg: DictConfig) -> str:
+    from .models.backbone import WEIGHT_POLICIES
+
+    weights = str(cfg.backbone.weights)
+    return weights if weights in WEIGHT_POLICIES else "file"
+
+
+def job_cache_entries(
+    cfg: DictConfig, splits: Splits, device: str | None = None, notes: list[str] | None = None
+) -> dict[str, dict[str, int]]:
+    """The cache entries one job writes, ``{what: {identity: bytes}}``; jobs that share an
+    entry (the same images, backbone and settings) give it the same identity. From shapes only:
+
+    - decoded images, when ``cache.decoded_images`` is on: N x 3 x S x S bytes per split
+      (S = ``dataset.image_size``);
+    - ULSAD: the frozen features of train and val, N x ``feature_dim`` x (S'/8)^2 x 4 bytes
+      (S' the size the model sees), and with ``model.reuse_trained`` its trained state per seed;
+    - DFR: the training features, N x feature width x h^2 x 2 (float16) or 4 bytes, none when
+      above ``model.max_cache_gb`` (extracted every epoch instead);
+    - EfficientAD: the distilled teacher (``model.teacher=distilled``, or ``auto`` with a
+      random-init backbone and no teacher file), one per training set;
+    - PaDiM, PatchCore: nothing.
+    ``feature_cache=false`` writes no model entries. What is left out and why goes to ``notes``.
+    """
+    from .protocol import Protocol
+    from .runner import center_crop_of, model_image_size, resize_of
+
+    entries: dict[str, dict[str, int]] = {}
+    size, resize = int(cfg.dataset.image_size), resize_of(cfg)
+    notes = [] if notes is None else notes
+    if bool(cfg.cache.get("decoded_images", False)):
+        for samples in (splits.train, splits.val, splits.test):
+            if samples:
+                entries.setdefault(DECODED, {})[_images_id(samples, size, resize)] = len(samples) * 3 * size * size
+    else:
+        notes.append("decoded images: not cached (cache.decoded_images=false)")
+    if not bool(cfg.get("feature_cache", True)):
+        notes.append("feature_cache=false: no features or trained models are cached")
+        return entries
+    model, name = cfg.model, str(cfg.model.name)
+    crop, seen = center_crop_of(cfg), model_image_size(cfg)
+    backbone = [str(cfg.backbone.name), _weights_policy(cfg)]
+    train_id = _images_id(splits.train, size, resize, crop)
+    if name == "ulsad":
+        channels, side = int(model.feature_dim), seen // 8
+        base = json.dumps([backbone, list(model.layers), channels, seen])
+        for samples in (splits.train, splits.val):
+            if samples:
+                key = f"{_images_id(samples, size, resize, crop)}|{base}"
+                entries.setdefault(ULSAD_FEATURES, {})[key] = len(samples) * channels * side * side * 4
+        if bool(model.get("reuse_trained", True)) and not Protocol.from_config(cfg).select_on_test:
+            training = {
+                k: model.get(k)
+                for k in (
+                    "architecture",
+                    "output_relu",
+                    "lambda_l",
+                    "lambda_g",
+                    "magnitude_reduction",
+                    "loss_pg",
+                    "loss_lg",
+                    "epochs",
+                    "batch_size",
+                    "drop_last",
+                    "lr",
+                    "weight_decay",
+                    "precompute_features",
+                )
+            }
+            kind = device_kind(device).split(" ")[0]
+            key = json.dumps([train_id, base, cfg.seed, kind, str(cfg.precision), training], default=str)
+            state = ulsad_state_bytes(channels, str(model.architecture), seen)
+            entries.setdefault(ULSAD_TRAINED, {})[key] = state + 2 * channels * 4
+    elif name == "dfr":
+        width = dfr_feature_dim(list(model.layers))
+        featmap, kernel, stride = int(model.featmap_size or seen), int(model.kernel_size), int(model.stride)
+        side = (featmap + 2 * ((kernel - stride) // 2) - kernel) // stride + 1
+        nbytes = len(splits.train) * width * side * side * (2 if str(model.cache_dtype) == "float16" else 4)
+        if nbytes <= float(model.max_cache_gb) * 1e9:
+            key = json.dumps([train_id, backbone, list(model.layers), str(model.vgg_padding), str(model.upsample)])
+            entries.setdefault(DFR_FEATURES, {})[f"{key}|{featmap}|{kernel}|{stride}|{model.cache_dtype}"] = nbytes
+        else:
+            notes.append(
+                f"DFR features above model.max_cache_gb={model.max_cache_gb:g} (GB) are not cached: "
+                "extracted every epoch instead (slower)"
+            )
+    elif name == "efficientad":
+        teacher = str(model.teacher)
+        random_init = _weights_policy(cfg) == "random"
+        if teacher == "distilled" or (teacher == "auto" and random_init and model.get("teacher_weights") is None):
+            from .models.efficientad.model import EFFICIENTAD_MIN_SIZE
+
+            input_size = int(model.input_size or max(seen, EFFICIENTAD_MIN_SIZE))
+            channels = int(model.teacher_out_channels)
+            distillation = OmegaConf.to_container(model.distillation, resolve=True)
+            key = json.dumps([train_id, backbone, input_size, str(model.model_size), channels, distillation])
+            entries.setdefault(TEACHERS, {})[key] = pdn_bytes(str(model.model_size), channels)
+    return entries
+
+
+@dataclass
+class DiskEstimate:
+    """The cache entries of the jobs still to run, shared entries once: ``{what: {identity: bytes}}``."""
+
+    entries: dict[str, dict[str, int]] = field(default_factory=dict)
+    unknown_jobs: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(sum(kind.values()) for kind in self.entries.values())
+
+
+def estimate_disk(jobs: Sequence[PlannedJob]) -> DiskEstimate:
+    """The cache entries of the jobs still to run (:func:`job_cache_entries`), shared ones once."""
+    estimate = DiskEstimate()
+    for job in jobs:
+        if job.done or job.cfg is None:
+            continue
+        if job.splits is None:
+            estimate.unknown_jobs += 1
+            continue
+        notes: list[str] = []
+        try:
+            found = job_cache_entries(job.cfg, job.splits, job.device, notes)
+        except Exception as err:  # a setting the job will refuse: it writes nothing
+            notes.append(f"{job.model}: not estimated ({type(err).__name__}: {err})")
+            found = {}
+        estimate.notes += [note for note in notes if note not in estimate.notes]
+        for what, entries in found.items():
+            estimate.entries.setdefault(what, {}).update(entries)
+    return estimate
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class SweepPlan:
+    """What ``make sweep`` would do (:func:`make_plan`)."""
+
+    results: Path
+    launcher: str
+    jobs_at_once: int
+    factors: list[tuple[str, int]]
+    jobs: list[PlannedJob]
+    times: list[ModelTime]
+    disk: DiskEstimate
+    dataset_problems: list[str]
+    cache_max_gb: float | None
+    cache_dir: Path | None
+    cache_bytes_now: int
+    resume_modes: list[str]
+
+    @property
+    def done(self) -> list[PlannedJob]:
+        return [job for job in self.jobs if job.done]
+
+    @property
+    def to_run(self) -> list[PlannedJob]:
+        return [job for job in self.jobs if not job.done]
+
+
+def sweep_overrides(args: dict[str, str], extra: list[str], categories: list[str] | None = None) -> list[str]:
+    """The overrides ``run.py -m`` receives from ``make sweep`` (after its ``dataset.category=all`` expansion)."""
+    from .sweep import sweep_command
+
+    command = sweep_command(args, extra, categories)
+    return expand_all_categories(["-m", *command[3:]])[1:]
+
+
+def make_plan(
+    args: dict[str, str], extra: list[str], categories: list[str] | None = None, sources: Sequence[Path] | None = None
+) -> SweepPlan:
+    """The plan of ``make sweep`` with these arguments; runs nothing, starts no launcher.
+    ``sources``: where to look for records to time the jobs by (default: the results folder,
+    then ``outputs/``)."""
+    from .environment import versions
+    from .features import cache_entries
+
+    overrides = sweep_overrides(args, extra, categories)
+    with hydra_app() as hydra:
+        master = master_config(hydra, overrides)
+        expansion = expand_sweep(master, hydra.config_loader)
+        results = Path(os.path.abspath(str(master.hydra.sweep.dir)))
+        launcher = str(OmegaConf.select(master, "hydra.runtime.choices", default={}).get("hydra/launcher", "?"))
+        at_once = jobs_at_once(master, len(expansion.jobs))
+        versions_now, lister = versions(), Lister()
+        jobs = [plan_job(hydra, master, i, job, versions_now, lister) for i, job in enumerate(expansion.jobs)]
+        first = next((job.cfg for job in jobs if job.cfg is not None), None)
+        cache_dir = Path(os.path.abspath(str(first.cache_dir))) if first is not None else None
+        max_gb = float(first.cache.max_gb) if first is not None and first.get("cache") is not None else None
+    problems = list(dict.fromkeys(x.problem for x in lister.listings.values() if x.problem))
+    if sources is None:
+        sources = list(dict.fromkeys([results, REPO / "outputs"]))
+    features = cache_dir / "features" if cache_dir is not None else None
+    cache_now = sum(size for _, size, _ in cache_entries(features)) if features is not None and features.is_dir() else 0
+    modes = sorted({job.resume for job in jobs if job.resume is not None})
+    return SweepPlan(
+        results=results,
+        launcher=launcher,
+        jobs_at_once=at_once,
+        factors=expansion.factors,
+        jobs=jobs,
+        times=estimate_time(jobs, [Path(s) for s in sources]),
+        disk=estimate_disk(jobs),
+        dataset_problems=problems,
+        cache_max_gb=max_gb,
+        cache_dir=cache_dir,
+        cache_bytes_now=cache_now,
+        resume_modes=modes,
+    )
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def format_bytes(n: float) -> str:
+    """Binary units, as ``cache.max_gb`` (GiB)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _seconds(value: float) -> str:
+    from .sweep import format_duration
+
+    return f"{value:.1f}s" if value < 60 else format_duration(value)
+
+
+_COMPARED = {
+    "strict": "the config hash, the data fingerprint (the files listed now: names, sizes, mtimes), the code versions",
+    "config": "the config hash only (resume=config)",
+    "off": "nothing: resume=false runs every job",
+}
+
+
+def _reason_group(reason: str) -> str:
+    return re.split(r" \(|: ", reason, maxsplit=1)[0]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def format_plan(plan: SweepPlan) -> str:
+    """The plan as ``make sweep ... PLAN=1`` prints it."""
+    n = len(plan.jobs)
+    factors = " x ".join(f"{key} ({count})" for key, count in plan.factors)
+    lines = [f"sweep plan (nothing launched): {n} job{'s' if n != 1 else ''}" + (f" = {factors}" if factors else "")]
+    lines.append(f"  results:  {plan.results} (run folders as Hydra names them)")
+    devices = sorted({job.device for job in plan.jobs if job.device})
+    lines.append(f"  device:   {', '.join(devices) or 'unknown (the configured device is not available)'}")
+    lines += [f"  dataset:  cannot be listed: {problem}" for problem in plan.dataset_problems]
+    if plan.dataset_problems:
+        lines.append(
+            "            (strict resume, file counts and cache sizes unknown; the sweep's pre-flight would stop)"
+        )
+    compared = "; ".join(f"{_COMPARED.get(mode, mode)}" for mode in plan.resume_modes) or "-"
+    lines.append(f"  done:     {len(plan.done)} (an ok record in the run folder that the job's resume check accepts;")
+    lines.append(f"            compared: {compared})")
+    to_run = plan.to_run
+    lines.append(f"  to run:   {len(to_run)}, {plan.jobs_at_once} at once (hydra/launcher={plan.launcher})")
+    groups: dict[str, list[str]] = {}
+    for job in to_run:
+        groups.setdefault(_reason_group(job.reason), []).append(job.reason)
+    for group, reasons in groups.items():
+        example = f" (e.g. {reasons[0]})" if reasons[0] != group else ""
+        lines.append(f"    {group}: {len(reasons)}{example}")
+    for job in to_run[:LISTED_JOBS]:
+        lines.append(f"    - {_relative(job.run_dir, plan.results)}")
+    if len(to_run) > LISTED_JOBS:
+        lines.append(f"    ... and {len(to_run) - LISTED_JOBS} more")
+
+    lines.append("  time (median seconds per job of ok records of the same model on the same device kind):")
+    known = [t.total for t in plan.times if t.total is not None]
+    unknown = [t.model for t in plan.times if t.total is None and t.to_run]
+    for t in plan.times:
+        per_job = "unknown" if t.seconds is None else _seconds(t.seconds)
+        total = "" if t.total is None else f" = {_seconds(t.total)}"
+        lines.append(f"    {t.model}: {t.to_run} to run x {per_job}{total} ({t.basis})")
+    if unknown and not known:
+        lines.append("    total: unknown")
+    else:
+        total_s = sum(known)
+        head = ">= " if unknown else ""
+        line = f"    total: {head}{_seconds(total_s)} of job time"
+        if unknown:
+            line += f" (unknown for {', '.join(unknown)})"
+        if plan.jobs_at_once > 1 and total_s:
+            line += f", about {head}{_seconds(total_s / plan.jobs_at_once)} with {plan.jobs_at_once} jobs at once"
+        lines.append(line)
+
+    disk = plan.disk
+    lines.append(
+        "  cache disk of the jobs to run (an estimate from the configs' shapes and the listed splits; "
+        "entries that jobs share, e.g. features across seeds, counted once; entries already cached not subtracted):"
+    )
+    for what, entries in disk.entries.items():
+        count = len(entries)
+        lines.append(f"    {what}: {count} entr{'ies' if count != 1 else 'y'}, {format_bytes(sum(entries.values()))}")
+    if not plan.to_run:
+        lines.append("    nothing: no job to run")
+    elif not disk.entries:
+        lines.append("    nothing (PaDiM and PatchCore keep nothing on disk)" if not disk.unknown_jobs else "    -")
+    if disk.unknown_jobs:
+        jobs, whose = ("job", "its") if disk.unknown_jobs == 1 else ("jobs", "their")
+        lines.append(f"    unknown for {disk.unknown_jobs} {jobs} ({whose} dataset cannot be listed)")
+    lines += [f"    {note}" for note in disk.notes]
+    lines.append(_disk_total(plan))
+    lines.append(FOOTER)
+    return "\n".join(lines)
+
+
+FOOTER = "nothing was launched; without plan=1 (PLAN=1) the sweep checks the dataset and weights, then runs."
+
+
+def _disk_total(plan: SweepPlan) -> str:
+    """The cache disk's total line, against ``cache.max_gb``."""
+    disk = plan.disk
+    where = f"; {plan.cache_dir / 'features'} holds {format_bytes(plan.cache_bytes_now)} now" if plan.cache_dir else ""
+    limit = f"cache.max_gb={plan.cache_max_gb:g} GiB" if plan.cache_max_gb is not None else "no cache.max_gb"
+    if disk.unknown_jobs and not disk.entries:
+        return f"    total: unknown; {limit}{where}"
+    text = f"    total: {'>= ' if disk.unknown_jobs else ''}{format_bytes(disk.total)} of {limit}: "
+    if plan.cache_max_gb is None or disk.total <= plan.cache_max_gb * 2**30:
+        return text + "fits" + where
+    return (
+        text + "does NOT fit: the least recently used entries are evicted and recomputed when needed (slower, same "
+        "results); raise cache.max_gb or free disk" + where
+    )
