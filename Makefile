@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m ruff check ulsad_bench tests run.py docs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"

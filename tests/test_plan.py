@@ -92,7 +92,8 @@ def test_plan_on_one_finished_job_of_three_says_one_done_and_times_the_rest_by_i
     assert "sweep plan (nothing launched): 3 jobs = model (1) x dataset.category (1) x seed (3)" in text
     assert "done:     1 " in text and "to run:   2, 1 at once" in text
     assert f"padim: 2 to run x {seconds:.1f}s = {2 * seconds:.1f}s (median of 1 ok record under {results}" in text
-    assert "PaDiM and PatchCore keep nothing on disk" in text
+    # PaDiM caches nothing of its own; the decoded splits (cache.decoded_images) are shared by the seeds
+    assert "decoded images (cache.decoded_images): 2 entries" in text, text  # train and test; no features
 
 
 def test_plan_counts_sweeps_in_the_extra_overrides_and_launches_nothing(
