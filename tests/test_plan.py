@@ -140,9 +140,10 @@ def test_cache_disk_estimate_from_shapes_counts_shared_entries_once(shared_cache
     assert len(entries[ULSAD_TRAINED]) == 2 and min(entries[ULSAD_TRAINED].values()) > 100 * 2**20
     dfr = next(job for job in plan.jobs if job.model == "dfr")
     assert list(entries[DFR_FEATURES].values()) == [len(dfr.splits.train) * 3456 * 16 * 16 * 2]  # 64 px / 4, fp16
-    splits = {tuple(s.path for s in split) for job in plan.jobs for split in (job.splits.train, job.splits.val)}
-    splits |= {tuple(s.path for s in job.splits.test) for job in plan.jobs}
-    assert sum(entries[DECODED].values()) == sum(len(paths) * 3 * 64 * 64 for paths in splits if paths)
+    images = {tuple(s.path for s in split) for job in plan.jobs for split in (job.splits.train, job.splits.val)}
+    tests = {tuple(s.path for s in job.splits.test) for job in plan.jobs}  # with their masks: 4 bytes a pixel
+    expected = sum(len(p) * 3 * 64 * 64 for p in images if p) + sum(len(p) * 4 * 64 * 64 for p in tests if p)
+    assert sum(entries[DECODED].values()) == expected
     assert TEACHERS not in entries  # no EfficientAD job
     assert plan.disk.total == sum(sum(kind.values()) for kind in entries.values())
 

@@ -53,7 +53,7 @@ def test_an_earlier_best_epoch_keeps_the_authors_unset_quantiles(tiny_cfg, tmp_p
     record = _run(tiny_cfg, tmp_path / "a", "protocol=authors", "protocol.test_batch_size=4", "model.epochs=3")
     quantiles = record["hyperparameters"]["quantiles"]
     if record["selection"]["epoch"] < record["selection"]["last_epoch"]:
-        assert set(quantiles.values()) == {0.0}
+        assert set(quantiles.values()) == {0.0} and record["selection"]["restored_earlier_epoch"]
     else:
         assert quantiles["local_alpha"] < quantiles["local_beta"]
     assert "TEST" in record["val_source"] and record["data"]["val"] == record["data"]["test_normal"]
@@ -94,7 +94,8 @@ def test_dfr_and_models_without_epochs_follow_the_protocol(tiny_cfg, tmp_path: P
         tmp_path / "padim",
     )
     assert padim["status"] == "ok", padim.get("traceback")
-    assert padim["selection"]["epochs_evaluated"] == 1  # no epochs to choose from: only the test cut applies
+    assert padim["selection"]["applies"] is False  # no epochs to choose from: only the test cut applies
+    assert "selection_s" not in padim["timing"] and "selection_s" in dfr["timing"]
     assert padim["data"]["test_normal"] + padim["data"]["test_anomalous"] == padim["test_subset"]["scored"]
 
 

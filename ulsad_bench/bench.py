@@ -88,14 +88,23 @@ def inference_precision(model: Any, device: torch.device, precision: str) -> Ite
         yield
         return
     modules = model.inference_modules() if device.type == "cuda" else []
+    was_channels_last = [_channels_last(module) for module in modules]
     for module in modules:
         module.to(memory_format=torch.channels_last)
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield
-    finally:
-        for module in modules:
-            module.to(memory_format=torch.contiguous_format)
+    finally:  # back to each module's own layout (ULSAD is channels-last on CUDA already)
+        for module, channels_last in zip(modules, was_channels_last, strict=True):
+            module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _channels_last(module: torch.nn.Module) -> bool:
+    """Whether the module's 4-D weights are in channels-last layout."""
+    weights = [p for p in module.parameters() if p.dim() == 4 and p.shape[-1] * p.shape[-2] > 1]
+    return bool(weights) and all(
+        p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in weights
+    )
 
 
 def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[str, Any]:
@@ -152,6 +161,8 @@ def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[
 def render_markdown(report: dict[str, Any]) -> str:
     models = report["models"]
     reference = models.get("ulsad")
+    if reference is not None and "error" in reference:  # ratios need ULSAD's figures
+        reference = None
     lines = [
         "# Efficiency (Table 4 protocol)",
         "",

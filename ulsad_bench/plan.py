@@ -495,6 +495,7 @@ def job_cache_entries(
     - PaDiM, PatchCore: nothing.
     ``feature_cache=false`` writes no model entries. What is left out and why goes to ``notes``.
     """
+    from .models.ulsad.model import TRAINED_BY
     from .protocol import Protocol
     from .runner import center_crop_of, model_image_size, resize_of
 
@@ -502,9 +503,10 @@ def job_cache_entries(
     size, resize = int(cfg.dataset.image_size), resize_of(cfg)
     notes = [] if notes is None else notes
     if bool(cfg.cache.get("decoded_images", False)):
-        for samples in (splits.train, splits.val, splits.test):
-            if samples:
-                entries.setdefault(DECODED, {})[_images_id(samples, size, resize)] = len(samples) * 3 * size * size
+        for samples, masks in ((splits.train, False), (splits.val, False), (splits.test, True)):
+            if samples:  # images N x 3 x S x S bytes, and a test split's masks N x S x S
+                per_image = (4 if masks else 3) * size * size
+                entries.setdefault(DECODED, {})[_images_id(samples, size, resize)] = len(samples) * per_image
     else:
         notes.append("decoded images: not cached (cache.decoded_images=false)")
     if not bool(cfg.get("feature_cache", True)):
@@ -522,24 +524,7 @@ def job_cache_entries(
                 key = f"{_images_id(samples, size, resize, crop)}|{base}"
                 entries.setdefault(ULSAD_FEATURES, {})[key] = len(samples) * channels * side * side * 4
         if bool(model.get("reuse_trained", True)) and not Protocol.from_config(cfg).select_on_test:
-            training = {
-                k: model.get(k)
-                for k in (
-                    "architecture",
-                    "output_relu",
-                    "lambda_l",
-                    "lambda_g",
-                    "magnitude_reduction",
-                    "loss_pg",
-                    "loss_lg",
-                    "epochs",
-                    "batch_size",
-                    "drop_last",
-                    "lr",
-                    "weight_decay",
-                    "precompute_features",
-                )
-            }
+            training = {k: model.get(k) for k in TRAINED_BY}
             kind = device_kind(device).split(" ")[0]
             key = json.dumps([train_id, base, cfg.seed, kind, str(cfg.precision), training], default=str)
             state = ulsad_state_bytes(channels, str(model.architecture), seen)

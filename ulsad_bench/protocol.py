@@ -35,11 +35,12 @@ report):
     (``lightning_model.py:200-206``); they are parameters initialised to 0
     (``torch_model.py:234-241``) and the maps are left unnormalised while they are all 0
     (``torch_model.py:254-258, 359-361``). A best checkpoint of an earlier epoch therefore carries
-    zeros and is tested on unnormalised maps. Here: the validation split is the normal images of
-    the (cut) test split and the training set keeps every training image (no hold-out), as
-    ``dataset.val_split=test_set``; ULSAD's model leaves maps unnormalised while its quantiles
-    are all 0 (:class:`ulsad_bench.models.ulsad.torch_model.UlsadModel`), so a restored earlier
-    epoch behaves as the authors' checkpoint.
+    zeros and is tested on unnormalised maps: that is part of ``select_on_test`` here too (an
+    earlier epoch's restored state carries its unset quantiles: ULSAD's model leaves maps
+    unnormalised while its quantiles are all 0,
+    :class:`ulsad_bench.models.ulsad.torch_model.UlsadModel`). Here: the validation split is the
+    normal images of the (cut) test split and the training set keeps every training image (no
+    hold-out), as ``dataset.val_split=test_set``.
 
 Models without training epochs (PaDiM, PatchCore) are affected by ``drop_last_test`` (and, where
 they calibrate, ``quantiles_from_test``) only. Every number obtained with any switch on is
@@ -50,6 +51,7 @@ with clean numbers (:mod:`ulsad_bench.report`).
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -156,6 +158,7 @@ class EpochSelection:
     best_epoch: int | None = None
     best_auroc: float = -1.0
     best_state: list[dict[str, torch.Tensor]] | None = None
+    seconds: float = 0.0  # spent scoring the test set (kept out of the job's fit time)
 
     def __call__(self, model: Any, epoch: int, epochs: int) -> None:
         """After training epoch ``epoch`` (1-based) of ``epochs``."""
@@ -164,7 +167,9 @@ class EpochSelection:
             self._evaluate(model, epoch, keep_state=True)
 
     def _evaluate(self, model: Any, epoch: int, keep_state: bool) -> None:
+        start = time.perf_counter()
         auroc = image_auroc(self.labels, self.score(model))
+        self.seconds += time.perf_counter() - start
         self.curve.append({"epoch": epoch, "image_auroc": round(float(auroc), 6)})
         if auroc > self.best_auroc:  # strictly better: the first of equal epochs is kept (mode=max)
             self.best_auroc, self.best_epoch = float(auroc), epoch
@@ -172,14 +177,21 @@ class EpochSelection:
 
     def finish(self, model: Any) -> dict[str, Any]:
         """Score the fitted model as the last epoch, restore the best epoch's state if it was an
-        earlier one, and return the record's ``selection``."""
-        last = self.epochs if self.epochs is not None else 1
+        earlier one, and return the record's ``selection`` (a model that never reported an epoch,
+        PaDiM, PatchCore, has nothing to select from: ``applies`` false, nothing scored)."""
+        if self.epochs is None:
+            return {"applies": False, "reason": "the model has no training epochs: nothing to select from"}
+        last = self.epochs
         self._evaluate(model, last, keep_state=False)
-        if self.best_epoch != last and self.best_state is not None:
+        restored = self.best_epoch != last and self.best_state is not None
+        if restored:
+            assert self.best_state is not None
             for module, state in zip(model.inference_modules(), self.best_state, strict=True):
                 module.load_state_dict(state)
         self.best_state = None
         return {
+            "applies": True,
+            "restored_earlier_epoch": restored,
             "metric": "image_auroc (test set)",
             "epoch": self.best_epoch,
             "last_epoch": last,

@@ -275,6 +275,13 @@ def _pct(value: float | None) -> str:
     return "  n/a" if value is None else f"{100 * value:5.1f}"
 
 
+def weights_policy(record: Mapping[str, Any]) -> str:
+    """A record's ``weights.policy`` (imagenet / torchvision / file / random; ``kind`` in records
+    written before the field was renamed)."""
+    weights = record.get("weights") or {}
+    return str(weights.get("policy", weights.get("kind", "")))
+
+
 def summary_line(record: Mapping[str, Any]) -> str:
     """One line per job: what ran, its metrics (percent) and times."""
     head = (
@@ -319,10 +326,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def weights_policy(record: Mapping[str, Any]) -> str:
-    """A record's ``weights.policy`` (imagenet / torchvision / file / random; ``kind`` in records
-    written before the field was renamed)."""
-    weights = record.get("weights") or {}
-    return str(weights.get("policy", weights.get("kind", "")))

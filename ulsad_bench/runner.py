@@ -352,15 +352,19 @@ def _execute(
 
     start = time.perf_counter()
     record["fit"] = model.fit(job.train, job.val)
+    fit_s = time.perf_counter() - start
     if job.selection is not None:  # protocol.select_on_test: the best epoch's state, scored on the test set
         record["selection"] = job.selection.finish(model)
-    fit_s = time.perf_counter() - start
+        fit_s -= job.selection.seconds
+        record["selection_s"] = round(job.selection.seconds, 3)
     record["hyperparameters"] = model.hyperparameters()
 
     start = time.perf_counter()
     maps, scores, extras = predict_all(model, test, device, int(cfg.eval_batch_size), bool(cfg.progress))
     predict_s = time.perf_counter() - start
     record["timing"] = {"load_s": round(job.load_s, 3), "fit_s": round(fit_s, 3), "predict_s": round(predict_s, 3)}
+    if "selection_s" in record:
+        record["timing"]["selection_s"] = record.pop("selection_s")
 
     if cfg.profile.enabled:
         start = time.perf_counter()
@@ -388,6 +392,14 @@ def _execute(
     if preview is not None:
         write_maps(files_dir, preview)
     record["timing"]["metrics_s"] = round(time.perf_counter() - start, 3)
+
+
+def _protocol_of(cfg: DictConfig) -> dict[str, Any]:
+    """The record's ``protocol`` (set before anything can fail, so a failed job is classified too)."""
+    try:
+        return Protocol.from_config(cfg).as_record()
+    except (TypeError, ValueError) as err:  # a bad setting: the job fails on it, named
+        return {"tag": "invalid", "error": str(err)}
 
 
 def _now() -> str:
@@ -471,6 +483,7 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
         "seed": cfg.seed if isinstance(cfg.seed, int) else -1,
         "precision": str(cfg.precision),
         "config_hash": chash,
+        "protocol": _protocol_of(cfg),
         "config": config,
         "versions": versions(),
         "run_dir": str(run_dir),

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from ..config import result_config
+from ..protocol import Protocol
 from ..records import find_records, inspect_record, is_attempt, is_dirty, weights_policy
 from .naming import ALL_METRICS, KINDS, SPRO_METRICS
 
@@ -128,7 +129,9 @@ def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
         "categories": tuple(str(c) for c in (config.get("dataset") or {}).get("categories") or ()),
     }
     protocol = record.get("protocol") or {}
-    row["protocol"] = str(protocol.get("tag", "clean"))
+    if "tag" not in protocol:  # records written before the protocol option: their config says (clean)
+        protocol = Protocol.from_config(config).as_record() if config.get("protocol") else {"tag": "clean"}
+    row["protocol"] = str(protocol["tag"])
     selection = record.get("selection") or {}
     row["selected_epoch"] = selection.get("epoch")
     row["selection_curve"] = tuple((int(p["epoch"]), float(p["image_auroc"])) for p in selection.get("curve", ()))

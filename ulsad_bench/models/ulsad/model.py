@@ -59,6 +59,23 @@ QUANTILES_ON = ("blurred", "upsampled")
 #: the trained-model cache entry: the inference model's state dict without the frozen backbone
 #: (rebuilt from its weights file), bump when the entry's layout changes
 TRAINED_FORMAT = 2
+#: the config values (``model.<key>``) a trained ULSAD depends on besides data, backbone, seed,
+#: device and precision: the trained-model cache's key (and ``make sweep PLAN=1``'s estimate)
+TRAINED_BY = (
+    "architecture",
+    "output_relu",
+    "lambda_l",
+    "lambda_g",
+    "magnitude_reduction",
+    "loss_pg",
+    "loss_lg",
+    "epochs",
+    "batch_size",
+    "drop_last",
+    "lr",
+    "weight_decay",
+    "precompute_features",
+)
 
 
 def resolve_output_relu(setting: bool | str, weights_policy: str) -> bool:
@@ -122,7 +139,7 @@ class Ulsad(AnomalyModel):
         self.output_relu: bool | str = output_relu
         self.lambda_l = float(lambda_l)
         self.lambda_g = float(lambda_g)
-        self.reduction = magnitude_reduction
+        self.magnitude_reduction = magnitude_reduction
         self.loss_pg = loss_pg
         self.loss_lg = bool(loss_lg)
         self.branch = branch
@@ -139,7 +156,9 @@ class Ulsad(AnomalyModel):
         self.precompute_features = bool(precompute_features)
         self.drop_last = bool(drop_last)
         self.quantiles_on = quantiles_on
-        self.loss = UlsadLoss(self.feature_dim, self.lambda_l, self.lambda_g, self.reduction, loss_pg, self.loss_lg)
+        self.loss = UlsadLoss(
+            self.feature_dim, self.lambda_l, self.lambda_g, self.magnitude_reduction, loss_pg, self.loss_lg
+        )
 
     # ------------------------------------------------------------------ set-up
 
@@ -167,7 +186,7 @@ class Ulsad(AnomalyModel):
             ctx.image_size,
             self.lambda_l,
             self.lambda_g,
-            self.reduction,
+            self.magnitude_reduction,
             self.loss_pg,
             self.loss_lg,
             self.branch,
@@ -294,24 +313,7 @@ class Ulsad(AnomalyModel):
             "device": self.ctx.device.type,
             "precision": self.ctx.precision,
             "image_size": self.ctx.image_size,
-            **{
-                k: getattr(self, k)
-                for k in (
-                    "architecture",
-                    "output_relu",
-                    "lambda_l",
-                    "lambda_g",
-                    "reduction",
-                    "loss_pg",
-                    "loss_lg",
-                    "epochs",
-                    "batch_size",
-                    "drop_last",
-                    "lr",
-                    "weight_decay",
-                    "precompute_features",
-                )
-            },
+            **{k: getattr(self, k) for k in TRAINED_BY},
         }
 
     def _trained_state(self) -> dict[str, torch.Tensor]:
@@ -400,7 +402,7 @@ class Ulsad(AnomalyModel):
             "output_relu": self.output_relu,
             "lambda_l": self.lambda_l,
             "lambda_g": self.lambda_g,
-            "magnitude_reduction": self.reduction,
+            "magnitude_reduction": self.magnitude_reduction,
             "loss_pg": self.loss_pg,
             "loss_lg": self.loss_lg,
             "branch": self.branch,

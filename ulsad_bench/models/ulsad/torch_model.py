@@ -282,11 +282,10 @@ class UlsadModel(nn.Module):
         """t(M) = 0.1 (M - q_alpha) / (q_beta - q_alpha) (Section 3.5); ``maps`` unchanged while
         the quantiles are unset (all 0, before calibration), as the authors' code
         (``torch_model.py:254-258, 359-361`` of sukanyapatra1997/ULSAD-2024)."""
-        if not bool(self.quantiles.any()):
-            return maps
         index = 2 * MAP_NAMES.index(name)
         q_alpha, q_beta = self.quantiles[index], self.quantiles[index + 1]
-        return 0.1 * (maps - q_alpha) / (q_beta - q_alpha).clamp_min(1e-12)
+        normalised = 0.1 * (maps - q_alpha) / (q_beta - q_alpha).clamp_min(1e-12)
+        return torch.where(self.quantiles.ne(0).any(), normalised, maps)  # no host sync on CUDA
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
