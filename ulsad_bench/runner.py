@@ -355,8 +355,9 @@ def _execute(
     fit_s = time.perf_counter() - start
     if job.selection is not None:  # protocol.select_on_test: the best epoch's state, scored on the test set
         record["selection"] = job.selection.finish(model)
-        fit_s -= job.selection.seconds
-        record["selection_s"] = round(job.selection.seconds, 3)
+        if record["selection"]["applies"]:  # the test scoring between epochs is not training time
+            fit_s -= job.selection.seconds
+            record["selection_s"] = round(job.selection.seconds, 3)
     record["hyperparameters"] = model.hyperparameters()
 
     start = time.perf_counter()
