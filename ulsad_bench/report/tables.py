@@ -539,13 +539,7 @@ def table3(ctx: Context, dataset: str, compare: bool = False) -> Table | None:
         (lambda key: lambda s: [ctx.paper.ablation(key, m) for m in METRICS]) if dataset == "mvtec_loco" else None
     )
     for arm in arms:
-        scope = {
-            "dataset": dataset,
-            "model": "ulsad",
-            "variant": arm.variant,
-            "backbone": arm.backbone,
-            "protocol": _arm_protocol(arm),
-        }
+        scope = _arm_scope(dataset, arm)
         where = f"row {number(arm.value)} ({arm.value.key()})"
 
         def measure(s: Slot, frame: pd.DataFrame = arm.frame, scope: dict = scope, where: str = where) -> list[Value]:
@@ -607,13 +601,7 @@ def table30(ctx: Context, dataset: str, compare: bool = False) -> Table | None:
         if arm is None:
             series.append(Series([backbone_label(backbone)], None, paper))
             continue
-        scope = {
-            "dataset": dataset,
-            "model": "ulsad",
-            "variant": arm.variant,
-            "backbone": arm.backbone,
-            "protocol": _arm_protocol(arm),
-        }
+        scope = _arm_scope(dataset, arm)
 
         def measure(s: Slot, arm: Any = arm, scope: dict = scope) -> list[Value]:
             label = backbone_label(arm.value)
@@ -653,7 +641,14 @@ def all_tables(ctx: Context, compare: bool = False) -> list[Table]:
     return [t for t in tables if t is not None]
 
 
-def _arm_protocol(arm: Any) -> str:
-    """The protocol of a study arm's records (studies compare runs of one protocol)."""
-    tags = sorted(set(arm.frame["protocol"])) if "protocol" in arm.frame else ["clean"]
-    return tags[0] if tags else "clean"
+def _arm_scope(dataset: str, arm: Any) -> dict[str, Any]:
+    """The records of a ULSAD study arm, of every status (for the audit's failure and conflict notes)."""
+    tags = sorted(set(arm.frame["protocol"])) if "protocol" in arm.frame else []
+    protocol = tags[0] if tags else "clean"  # studies compare runs of one protocol
+    return {
+        "dataset": dataset,
+        "model": "ulsad",
+        "variant": arm.variant,
+        "backbone": arm.backbone,
+        "protocol": protocol,
+    }
