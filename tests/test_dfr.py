@@ -206,6 +206,12 @@ def test_detects_structural_anomalies_and_records_layers_and_width(tiny_cfg, tmp
     assert record["backbone"] == "vgg19" and record["weights"] == {"policy": "random", "random_init_seed": 0}
 
 
-def test_bf16_is_refused(tiny_cfg, tmp_path) -> None:
-    record = runner.run(tiny_cfg(*SMALL_DFR, "precision=bf16"), tmp_path / "run")
-    assert record["status"] == "failed" and "fp32" in record["error"]
+def test_bf16_job_runs_under_the_precision_policy(tiny_cfg, tmp_path) -> None:
+    """``precision=bf16`` is DFR's mixed-precision policy (tests/test_precision.py), no longer refused;
+    features extracted under it are cached apart from fp32 ones."""
+    record = runner.run(tiny_cfg(*SMALL_DFR, "model.epochs=1", "precision=bf16"), tmp_path / "run")
+    assert record["status"] == "ok", record.get("error")
+    assert record["precision"] == "bf16" and record["fit"]["features"] == "cached"
+    job = runner.prepare(tiny_cfg(*SMALL_DFR))
+    bf16 = runner.prepare(tiny_cfg(*SMALL_DFR, "precision=bf16"))
+    assert job.model._feature_key(job.train) != bf16.model._feature_key(bf16.train)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from ulsad_bench import runner
-from ulsad_bench.metrics import image_auroc
 from ulsad_bench.models.base import AnomalyModel, Prediction
 from ulsad_bench.profiling import build_batch, cpu_tensor_peak_bytes, profile_inference
 
@@ -131,33 +130,3 @@ def test_every_record_carries_efficiency(tiny_cfg, tmp_path) -> None:
     efficiency = record["efficiency"]
     assert set(efficiency) == CPU_FIELDS
     assert efficiency["throughput_img_s"] > 0 and efficiency["batch_size"] == 8
-
-
-def test_bf16_changes_image_auroc_by_less_than_half_a_point(tiny_cfg) -> None:
-    """The same trained ULSAD scored with precision=bf16 (autocast) and fp32.
-
-    Autocast runs on the CPU here; on CUDA it is the same code path. The test set is large
-    enough (20 normal x 24 anomalous images) that one swapped pair moves the AUROC by 0.2.
-    """
-    cfg = tiny_cfg(
-        "model=ulsad",
-        "model.feature_dim=32",
-        "model.epochs=4",
-        "model.batch_size=4",
-        "model.blur_sigma=1",
-        "model.output_relu=false",
-        "dataset.category=texture",
-        "dataset.synthetic.n_test_good=20",
-        "dataset.synthetic.n_per_defect=6",
-    )
-    job = runner.prepare(cfg)
-    model, test, device = job.model, job.test, job.device
-    model.fit(job.train, job.val)
-    aurocs = {}
-    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        model.net.autocast_dtype = dtype
-        _, scores, _ = runner.predict_all(model, test, device, batch_size=16, progress=False)
-        aurocs[precision] = image_auroc(test.labels, scores)
-    print(f"\nsame ULSAD, image AUROC fp32 {aurocs['fp32']:.4f} bf16 {aurocs['bf16']:.4f}")
-    assert abs(aurocs["fp32"] - aurocs["bf16"]) * 100 < 0.5
-    assert aurocs["fp32"] > 0.7  # a detector that detects, so the comparison means something

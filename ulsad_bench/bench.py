@@ -37,6 +37,7 @@ from .artifacts import write_json_atomic
 from .config import EXPERIMENTS_DIR, compose
 from .environment import describe_device, resolve_device
 from .metrics import image_auroc
+from .models.precision import PRECISIONS
 from .profiling import profile_inference
 from .runner import predict_all, prepare
 
@@ -45,7 +46,6 @@ GOALS = "ULSAD throughput >= PatchCore and >= 2x DFR; ULSAD memory <= 40% of Pat
 #: models after it would not be measured as in their own jobs
 DEFAULT_MODELS = "ulsad,padim,efficientad,dfr,patchcore"
 PRESETS = EXPERIMENTS_DIR / "bench"
-PRECISIONS = ("fp32", "bf16")
 #: bf16 may move the test image AUROC by less than this against fp32 (the tests' tolerance)
 AUROC_TOLERANCE_POINTS = 0.5
 
@@ -78,23 +78,24 @@ def _release() -> None:
 
 @contextmanager
 def inference_precision(model: Any, device: torch.device, precision: str) -> Iterator[None]:
-    """Inference as configured (``fp32``), or under bf16 autocast with the inference modules in
-    channels-last memory format on CUDA (``bf16``), for any model."""
+    """The fitted model under its precision policy at ``precision`` (:mod:`ulsad_bench.models.precision`:
+    its networks under bf16 autocast, distances and normalisation in fp32), with its inference
+    modules in channels-last memory format on CUDA for bf16; the model's own precision and
+    layout are restored afterwards."""
     if precision not in PRECISIONS:
         raise ValueError(
             f"--precisions: expected a comma-separated subset of {', '.join(PRECISIONS)}, got {precision!r}"
         )
-    if precision == "fp32":
-        yield
-        return
-    modules = model.inference_modules() if device.type == "cuda" else []
+    fitted = model.ctx.precision
+    modules = model.inference_modules() if device.type == "cuda" and precision == "bf16" else []
     was_channels_last = [_channels_last(module) for module in modules]
     for module in modules:
         module.to(memory_format=torch.channels_last)
+    model.set_precision(precision)
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
+        yield
     finally:  # back to each module's own layout (ULSAD is channels-last on CUDA already)
+        model.set_precision(fitted)
         for module, channels_last in zip(modules, was_channels_last, strict=True):
             module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

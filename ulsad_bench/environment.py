@@ -93,10 +93,37 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def keep_on_device(nbytes: int, device: torch.device, share: float = 0.5) -> bool:
+    """Whether ``nbytes`` of training data (images, frozen features) should move to ``device``
+    once, instead of being copied from host memory at every step: never on the CPU (they are
+    there); on CUDA when they take less than ``share`` of its free memory; on another
+    accelerator, whose free memory is not read here, always."""
+    if device.type == "cpu":
+        return False
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return nbytes < share * free
+    return True
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA) before reading a clock; no-op elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def adam_implementation(device: torch.device) -> dict[str, bool]:
+    """Keyword arguments of ``torch.optim.Adam`` for ``device``: the fused kernel on CUDA (one
+    launch for all parameters), PyTorch's default elsewhere (the CPU's results stay as they were)."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+    if device.type != "cpu":
+        return str(device)
     return f"cpu {platform.machine()} ({torch.get_num_threads()} threads)"
 
 

@@ -518,7 +518,7 @@ def job_cache_entries(
     train_id = _images_id(splits.train, size, resize, crop)
     if name == "ulsad":
         channels, side = int(model.feature_dim), seen // 8
-        base = json.dumps([backbone, list(model.layers), channels, seen])
+        base = json.dumps([backbone, list(model.layers), channels, seen, str(cfg.precision)])
         for samples in (splits.train, splits.val):
             if samples:
                 key = f"{_images_id(samples, size, resize, crop)}|{base}"
@@ -535,7 +535,8 @@ def job_cache_entries(
         side = (featmap + 2 * ((kernel - stride) // 2) - kernel) // stride + 1
         nbytes = len(splits.train) * width * side * side * (2 if str(model.cache_dtype) == "float16" else 4)
         if nbytes <= float(model.max_cache_gb) * 1e9:
-            key = json.dumps([train_id, backbone, list(model.layers), str(model.vgg_padding), str(model.upsample)])
+            vgg = [str(model.vgg_padding), str(model.upsample)]
+            key = json.dumps([train_id, backbone, list(model.layers), *vgg, str(cfg.precision)])
             entries.setdefault(DFR_FEATURES, {})[f"{key}|{featmap}|{kernel}|{stride}|{model.cache_dtype}"] = nbytes
         else:
             notes.append(

@@ -36,7 +36,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .environment import heap_mmap_threshold
+from .environment import heap_mmap_threshold, synchronize
 from .models.base import AnomalyModel
 
 
@@ -128,12 +128,6 @@ def cpu_tensor_peak_bytes(model: AnomalyModel, batch: torch.Tensor) -> int:
     with LiveTensorPeak(ignore=set(state)) as tracker:
         model.predict(batch)
     return sum(state.values()) + tracker.peak
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA) before reading a clock; no-op elsewhere."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_batch(images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:

@@ -183,6 +183,11 @@ def build_patchcore(backbone: str, layers: list[str], num_neighbors: int) -> nn.
     )
 
 
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The feature extractor module of a PaDiM / PatchCore model (images -> {layer: features})."""
+    return model.feature_extractor
+
+
 def timm_network(model: nn.Module) -> nn.Module:
     """The timm backbone inside a PaDiM / PatchCore model (to copy the harness's weights into)."""
     return model.feature_extractor.feature_extractor
@@ -244,6 +249,16 @@ def build_pdn(model_size: str, out_channels: int, padding: bool) -> nn.Module:
         torch_model.SmallPatchDescriptionNetwork if model_size == "small" else torch_model.MediumPatchDescriptionNetwork
     )
     return cls(out_channels=out_channels, padding=padding)
+
+
+def efficientad_pdns(model: nn.Module) -> list[nn.Module]:
+    """EfficientAD's patch description networks: the teacher and the student."""
+    return [model.teacher, model.student]
+
+
+def efficientad_autoencoder(model: nn.Module) -> nn.Module:
+    """EfficientAD's autoencoder."""
+    return model.ae
 
 
 def efficientad_teacher(model: nn.Module) -> nn.Module:

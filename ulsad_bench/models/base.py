@@ -21,6 +21,7 @@ from torch import nn
 from ..data import ImageSet
 from ..features import FeatureCache
 from .backbone import BackboneSpec
+from .precision import autocast_dtype, check_precision
 
 
 @dataclass
@@ -58,10 +59,9 @@ class RunContext:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        """bf16 autocast when ``precision=bf16`` (CUDA, or CPU for checks); None is full precision."""
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
-        return torch.bfloat16 if self.precision == "bf16" else None
+        """bf16 when ``precision=bf16`` (the model's policy, :mod:`.precision`; CUDA, or the CPU
+        for checks); None is full precision."""
+        return autocast_dtype(self.precision)
 
 
 class AnomalyModel(ABC):
@@ -117,6 +117,15 @@ class AnomalyModel(ABC):
     @abstractmethod
     def hyperparameters(self) -> dict[str, Any]:
         """Every value that determines the model's behaviour, for the record."""
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the job's precision, read at every call (:meth:`set_precision`)."""
+        return self.ctx.autocast_dtype
+
+    def set_precision(self, precision: str) -> None:
+        """Switch a set-up model's precision policy (:mod:`.precision`): ``make bench`` measures
+        one fitted model at fp32 and bf16."""
+        self.ctx.precision = check_precision(precision)
 
     def end_epoch(self, epoch: int, epochs: int) -> None:
         """Models with training epochs call this after each (``epoch`` 1-based of ``epochs``): under

@@ -21,13 +21,19 @@ from torch import nn
 
 from ..data import ImageSet
 from ..environment import seeded
-from .anomalib_adapter import maps_and_scores, no_downloads, timm_network, train_with_frozen_backbone
+from .anomalib_adapter import backbone_of, maps_and_scores, no_downloads, timm_network, train_with_frozen_backbone
 from .backbone import Normalize, load_into
 from .base import AnomalyModel, Prediction, RunContext
+from .precision import autocast_forward
 
 
 class FeatureBankModel(AnomalyModel):
-    """An anomalib model that collects frozen-backbone embeddings, then fits (PaDiM, PatchCore)."""
+    """An anomalib model that collects frozen-backbone embeddings, then fits (PaDiM, PatchCore).
+
+    Precision (``precision=bf16``, :mod:`.precision`): the backbone runs under autocast and hands
+    fp32 features on; the embeddings, PaDiM's Gaussians and Mahalanobis distances, PatchCore's
+    coreset and nearest-neighbour distances are computed in fp32.
+    """
 
     batch_size: int = 32
 
@@ -44,6 +50,7 @@ class FeatureBankModel(AnomalyModel):
         with no_downloads(), seeded(ctx.seed):  # built on the CPU; draws PaDiM's random feature subset
             self.model = self._build(ctx)
         load_into(timm_network(self.model), ctx.backbone)
+        autocast_forward(backbone_of(self.model), self.autocast_dtype)
         self.model.to(ctx.device)
         self.normalize = Normalize().to(ctx.device)
 

@@ -20,7 +20,9 @@ Choices where the paper and code are silent, or where the harness differs:
 
 - Images are read and resized by the harness (bilinear, the same for every model), not by
   DFR's nearest-neighbour ``Resize``; the validation split is not used (DFR calibrates nothing).
-- DFR runs in fp32 (as the authors' code); ``precision=bf16`` is refused.
+- DFR runs in fp32 by default (as the authors' code). ``precision=bf16`` (:mod:`..precision`)
+  runs VGG19 and the autoencoder under bf16 autocast, each handing fp32 outputs on; the
+  resize-and-pool matrices, the loss and the reconstruction error stay in fp32.
 
 Scale. At 256 px the training features are 3456 x 64 x 64 per image, 56.6 MB in fp32. The
 frozen features of the training images are extracted once per (images, backbone, weights,
@@ -34,23 +36,23 @@ runs the backbone again on each batch, as the authors' code does (recorded as
 pass (about 23 GMAC per image up to ``relu4_4``) is small next to the autoencoder's training
 step, whose first and last 1 x 1 convolutions alone (3456 channels to and from at least 1728,
 at 64 x 64 positions) take about 49 GMAC per image in the forward pass and twice that in the
-backward pass, while each cached category takes up to 16 GB of ``cache_dir``. On CUDA the cached features are moved
-to the GPU once when they take less than half its free memory.
+backward pass, while each cached category takes up to 16 GB of ``cache_dir``. On an accelerator
+the cached features are moved to it once when they fit (less than half its free memory on CUDA).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ...data import ImageSet
-from ...environment import seeded
+from ...environment import adam_implementation, keep_on_device, seeded
 from ..base import AnomalyModel, Prediction, RunContext
+from ..precision import autocast_forward
+from ..training import LossSums, train_epochs
 from .torch_model import DFR_LAYERS, DfrModel, FeatCAE, RegionalFeatures
 
 #: Cached features above this size are not kept in the cache's in-process memory.
@@ -79,7 +81,8 @@ def pca_latent_dim(vectors: torch.Tensor, variance_ratio: float) -> int:
     if total <= 0:
         raise ValueError("PCA of constant features: the latent width is undefined")
     cumulative = torch.cumsum(eigenvalues, 0) / total
-    k = int(torch.searchsorted(cumulative, torch.tensor([variance_ratio], dtype=torch.float64), right=True)) + 1
+    ratio = torch.tensor([variance_ratio], dtype=torch.float64, device=cumulative.device)
+    k = int(torch.searchsorted(cumulative, ratio, right=True)) + 1
     return min(k, len(eigenvalues))
 
 
@@ -145,8 +148,6 @@ class Dfr(AnomalyModel):
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        if ctx.autocast_dtype is not None:
-            raise ValueError("DFR runs in fp32 (as the authors' code); use precision=fp32")
         self.features = RegionalFeatures(
             ctx.backbone,
             self.layers,
@@ -157,6 +158,7 @@ class Dfr(AnomalyModel):
             upsample=self.upsample,
             vgg_padding=self.vgg_padding,
         ).to(ctx.device)
+        autocast_forward(self.features.extractor, self.autocast_dtype)
         self.layers = self.features.layers
         self.model: DfrModel | None = None  # built in fit(), once the latent width is known
 
@@ -180,6 +182,7 @@ class Dfr(AnomalyModel):
             "kernel": f.kernel_size,
             "stride": f.stride,
             "dtype": self.cache_dtype,
+            "precision": self.ctx.precision,  # VGG19 runs under the precision policy
         }
 
     def _extract(self, images: torch.Tensor) -> torch.Tensor:
@@ -214,13 +217,9 @@ class Dfr(AnomalyModel):
         )
 
     def _on_device(self, features: torch.Tensor) -> torch.Tensor:
-        """Move cached features to the GPU once when they fit comfortably; else keep them on CPU."""
-        device = self.ctx.device
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            if features.numel() * features.element_size() < free / 2:
-                return features.to(device)
-        return features
+        """Move cached features to the accelerator once when they fit comfortably; else keep them
+        in host memory (:func:`~ulsad_bench.environment.keep_on_device`)."""
+        return features.to(self.ctx.device) if keep_on_device(features.nbytes, self.ctx.device) else features
 
     def choose_latent_dim(self, train: ImageSet, features: torch.Tensor | None) -> tuple[int, int]:
         """(latent width, feature vectors used): PCA on the first ``pca_images`` training images."""
@@ -240,16 +239,16 @@ class Dfr(AnomalyModel):
         """Train ``cae`` on the l2 reconstruction loss; the mean loss of each epoch.
 
         ``features``: the cached ``[N, feature_dim, h, h]`` of ``train`` (CPU or device), or None
-        to run the backbone on every batch.
+        to run the backbone on every batch (:func:`..training.train_epochs`: the loss is read once
+        per epoch).
         """
         device = self.ctx.device
-        optimizer = torch.optim.Adam(cae.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.Adam(
+            cae.parameters(), lr=self.lr, weight_decay=self.weight_decay, **adam_implementation(device)
+        )
         generator = torch.Generator().manual_seed(self.ctx.seed)
-        cae.train()
-        losses: list[float] = []
-        bar = tqdm(range(epochs), desc="dfr: train", leave=False, disable=not self.ctx.progress)
-        for _ in bar:
-            total, count = 0.0, 0
+
+        def run_epoch(epoch: int, sums: LossSums) -> None:
             for idx, images in train.batches(self.batch_size, shuffle=True, generator=generator):
                 if features is None:
                     x = self._extract(images)
@@ -259,17 +258,10 @@ class Dfr(AnomalyModel):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += loss.item() * len(idx)
-                count += len(idx)
-            losses.append(total / count)
-            bar.set_postfix(loss=f"{losses[-1]:.5f}", refresh=False)
-            if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"dfr: training loss is {losses[-1]} after {len(losses)} epochs")
-            if self.ctx.on_epoch_end is not None:
-                self.end_epoch(len(losses), epochs)
-                cae.train()
-        cae.eval()
-        return losses
+                sums.add({"mse": loss}, weight=len(idx))  # the epoch's mean over images
+
+        log = train_epochs(self, epochs, run_epoch, [cae], ["mse"], hint=f"lr {self.lr}, batch size {self.batch_size}")
+        return [epoch["mse"] for epoch in log.losses]
 
     def fit(self, train: ImageSet, val: ImageSet) -> dict[str, Any]:
         features, reused = self.train_features(train)
@@ -285,6 +277,7 @@ class Dfr(AnomalyModel):
         device = self.ctx.device
         with seeded(self.ctx.seed, device):
             cae = FeatCAE(feature_dim, latent_dim, self.batch_norm).to(device)
+        autocast_forward(cae, self.autocast_dtype)
         self.model = DfrModel(self.features, cae)
         losses = self.train_epochs(cae, train, features, self.epochs)
         return {

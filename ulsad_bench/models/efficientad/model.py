@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ...data import ImageSet
-from ...environment import seeded
+from ...environment import adam_implementation, seeded
 from .. import anomalib_adapter as adapter
 from ..base import AnomalyModel, Prediction, RunContext
+from ..precision import autocast_forward
+from ..training import LossSums, train_epochs
 from .penalty import penalty_files, penalty_stream
 from .teacher import (
     DistillationConfig,
@@ -64,6 +65,12 @@ class EfficientAd(AnomalyModel):
     Images smaller than 256 px (the smallest size the autoencoder takes) are upsampled to 256
     (``input_size=null``); maps are returned at the input size and the harness brings them to the
     image size like every model's.
+
+    Precision (``precision=bf16``, :mod:`..precision`): the teacher and the student run under
+    autocast and hand fp32 outputs on; the autoencoder, the teacher's standardisation, the
+    distances, the losses' quantile and the map normalisation run in fp32. The autoencoder stays
+    in fp32 because bf16 there, unlike in the teacher and the student, costs detection (the
+    README's measured section: "Mixed precision").
     """
 
     name = "efficientad"
@@ -171,6 +178,8 @@ class EfficientAd(AnomalyModel):
             self.model = adapter.build_efficientad(
                 self.model_size, self.teacher_out_channels, self.padding, self.pad_maps
             )
+        for network in adapter.efficientad_pdns(self.model):
+            autocast_forward(network, self.autocast_dtype)
         self.model.to(ctx.device)
         self.teacher_setting, self.penalty_setting = self.resolve_setting(ctx.backbone.weights.policy)
         if self.teacher_setting == "pretrained":
@@ -280,12 +289,16 @@ class EfficientAd(AnomalyModel):
             yield images.to(self.ctx.device, non_blocking=True)
 
     def _train(self, train: ImageSet, val: ImageSet) -> dict[str, Any]:
-        """The training steps; under ``protocol.select_on_test`` an epoch ends every ``len(train)``
-        steps (batch size 1), where the map quantiles are taken on ``val`` as anomalib's
-        ``on_validation_start`` does before each validation, and the harness scores the model."""
+        """The training steps, in epochs of ``len(train)`` steps (batch size 1; the last one may be
+        shorter) through the one training loop (:func:`..training.train_epochs`: losses read once
+        per epoch). Under ``protocol.select_on_test`` the map quantiles are taken on ``val`` at the
+        end of each epoch, as anomalib's ``on_validation_start`` does before each validation, and
+        the harness scores the model."""
         steps = self.steps if self.max_epochs is None else min(self.steps, self.max_epochs * len(train))
         parameters = adapter.trainable_parameters(self.model)
-        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.Adam(
+            parameters, lr=self.lr, weight_decay=self.weight_decay, **adam_implementation(self.ctx.device)
+        )
         scheduler = None
         if self.lr_decay_at is not None:
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, max(1, int(self.lr_decay_at * steps)), gamma=0.1)
@@ -293,32 +306,38 @@ class EfficientAd(AnomalyModel):
             raise ValueError("no images to train on")
         images = self._training_images(train)
         penalties = self._penalty_images()
-        self.model.train()
-        recent: list[tuple[float, float, float]] = []
-        bar = tqdm(range(steps), desc="efficientad: train", leave=False, disable=not self.ctx.progress)
-        epochs = -(-steps // len(train))
-        for step in bar:
-            loss_st, loss_ae, loss_stae = self.losses(next(images), next(penalties))
-            loss = loss_st + loss_ae + loss_stae
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            recent = [*recent[-99:], (loss_st.item(), loss_ae.item(), loss_stae.item())]
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-            if self.ctx.on_epoch_end is not None and (step + 1) % len(train) == 0:
-                self._map_quantiles(val)
-                self.end_epoch((step + 1) // len(train), epochs)
-                self.model.train()
+        recent: list[torch.Tensor] = []  # the last 100 steps' (L_ST, L_AE, L_STAE), on the device
+
+        def run_epoch(epoch: int, sums: LossSums) -> None:
+            for _ in range(min(len(train), steps - epoch * len(train))):
+                loss_st, loss_ae, loss_stae = self.losses(next(images), next(penalties))
+                loss = loss_st + loss_ae + loss_stae
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                recent.append(torch.stack([loss_st, loss_ae, loss_stae]).detach())
+                del recent[:-100]
+                sums.add({"st": loss_st, "ae": loss_ae, "stae": loss_stae, "total": loss})
+
+        log = train_epochs(
+            self,
+            -(-steps // len(train)),
+            run_epoch,
+            [self.model],
+            ["st", "ae", "stae", "total"],
+            hint=f"lr {self.lr}",
+            before_hook=lambda: self._map_quantiles(val),
+        )
         images.close()
         penalties.close()
-        self.model.eval()
-        means = np.mean(recent, axis=0) if recent else [math.nan] * 3
+        means = np.mean(torch.stack(recent).double().cpu().numpy(), axis=0) if recent else [math.nan] * 3
         return {
             "steps": steps,
             "epochs": round(steps / len(train), 2),
             "final_loss": {k: round(float(v), 6) for k, v in zip(("st", "ae", "stae"), means, strict=True)},
+            "timing": {"epoch_s": log.epoch_s},
         }
 
     @torch.no_grad()

@@ -120,6 +120,11 @@ class UlsadLoss(nn.Module):
         self.feature_dim, self.lambda_l, self.lambda_g = int(feature_dim), float(lambda_l), float(lambda_g)
         self.reduction, self.loss_pg, self.loss_lg = reduction, loss_pg, bool(loss_lg)
 
+    @property
+    def terms(self) -> list[str]:
+        """The names of the terms :meth:`forward` returns, in its order."""
+        return ["pl", *(["pg"] if self.loss_pg != "none" else []), *(["lg"] if self.loss_lg else [])]
+
     def forward(
         self, u: torch.Tensor, u_tilde: torch.Tensor, u_hat: torch.Tensor, target: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:

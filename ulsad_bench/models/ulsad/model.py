@@ -36,16 +36,17 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ...data import ImageSet
-from ...environment import seeded
+from ...environment import adam_implementation, keep_on_device, seeded
 from ..base import AnomalyModel, Prediction, RunContext
+from ..training import LossSums, train_epochs
 from .losses import LOSS_PG, REDUCTIONS, UlsadLoss, attention_targets
 from .torch_model import (
     BRANCHES,
@@ -197,6 +198,10 @@ class Ulsad(AnomalyModel):
             for module in (self.net.aggregator, self.net.frn, self.net.global_ae):
                 module.to(memory_format=torch.channels_last)
 
+    def set_precision(self, precision: str) -> None:
+        super().set_precision(precision)
+        self.net.autocast_dtype = self.ctx.autocast_dtype
+
     @property
     def quantiles(self) -> dict[str, float]:
         """q_alpha, q_beta per branch (Section 3.5), from the inference model's buffer."""
@@ -212,6 +217,7 @@ class Ulsad(AnomalyModel):
             "layers": self.layers,
             "channels": self.feature_dim,
             "size": images.size,
+            "precision": self.ctx.precision,  # the backbone runs under the precision policy
         }
 
     def features(self, images: ImageSet) -> torch.Tensor:
@@ -233,20 +239,28 @@ class Ulsad(AnomalyModel):
 
     def _train(self, train: ImageSet, features: torch.Tensor | None) -> dict[str, Any]:
         """Algorithm 1. ``features``: the precomputed U of ``train`` ``[N, c*, h, w]``; None runs
-        the frozen backbone (and Eq. 3's A) on every batch (``precompute_features=false``)."""
+        the frozen backbone (and Eq. 3's A) on every batch (``precompute_features=false``).
+
+        On an accelerator the training images, the features and the attention targets move to
+        it once when they fit (:func:`~ulsad_bench.environment.keep_on_device`), Adam is fused on
+        CUDA, and the losses are read once per epoch (:func:`..training.train_epochs`)."""
         device, net = self.ctx.device, self.net
-        net.frn.train()
-        net.global_ae.train()
         parameters = [*net.frn.parameters(), *net.global_ae.parameters()]
-        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.Adam(
+            parameters, lr=self.lr, weight_decay=self.weight_decay, **adam_implementation(device)
+        )
         timing: dict[str, Any] = {}
-        targets = None
-        if features is not None and device.type == "cuda":
+        cache_targets = features is not None and self.loss_pg == "attention" and self.cache_attention_target
+        if features is not None and keep_on_device(features.nbytes * (2 if cache_targets else 1), device):
             features = features.to(device)
-        if features is not None and self.loss_pg == "attention" and self.cache_attention_target:
+        targets = None
+        if cache_targets:
+            assert features is not None
             start = time.perf_counter()
             targets = attention_targets(features, net.standardize, self.batch_size)
             timing["attention_targets_s"] = round(time.perf_counter() - start, 3)
+        if keep_on_device(train.images.nbytes, device):
+            train = replace(train, images=train.images.to(device))
         generator = torch.Generator().manual_seed(self.ctx.seed)
         # The authors' loader drops the last partial batch (drop_last=True); a batch of one would
         # also break the batch norm of the global autoencoder's 1 x 1 bottleneck.
@@ -255,13 +269,8 @@ class Ulsad(AnomalyModel):
                 f"ULSAD: {len(train)} training images are fewer than model.batch_size={self.batch_size} with "
                 "model.drop_last=true: no full batch to train on; lower model.batch_size"
             )
-        history: list[dict[str, float]] = []
-        epoch_s: list[float] = []
-        bar = tqdm(range(self.epochs), desc="ulsad: train", leave=False, disable=not self.ctx.progress)
-        for epoch in bar:
-            start = time.perf_counter()
-            sums: dict[str, float] = {}
-            steps = 0
+
+        def run_epoch(epoch: int, sums: LossSums) -> None:
             batches = train.batches(self.batch_size, shuffle=True, generator=generator, drop_last=self.drop_last)
             for batch_idx, images in batches:
                 x = self._to_device(images)
@@ -269,39 +278,31 @@ class Ulsad(AnomalyModel):
                     u = net.standardize(net.features(x))
                 else:
                     u = net.standardize(features[batch_idx.to(features.device)])
-                with net.autocast():
-                    u_tilde = net.frn(u)
-                    u_hat = net.global_ae(x)
+                u_tilde = net.frn(u)  # the networks run under the precision policy, return fp32
+                u_hat = net.global_ae(x)
                 target = None if targets is None else targets[batch_idx.to(targets.device)].to(device)
                 losses = self.loss(u, u_tilde, u_hat, target)
                 total = sum(losses.values())
-                if not torch.isfinite(total):
-                    raise FloatingPointError(
-                        f"ULSAD loss became {total.item()} at epoch {epoch + 1}, step {steps + 1} "
-                        f"(lr {self.lr}, batch size {self.batch_size}): stopping instead of training on NaN"
-                    )
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
-                steps += 1
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
-                sums["total"] = sums.get("total", 0.0) + float(total.detach())
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            epoch_s.append(round(time.perf_counter() - start, 4))
-            history.append({name: value / steps for name, value in sums.items()})
-            bar.set_postfix(loss=f"{history[-1]['total']:.4f}")
-            if self.ctx.on_epoch_end is not None:
-                self.end_epoch(epoch + 1, self.epochs)
-                net.frn.train()
-                net.global_ae.train()
+                sums.add({**losses, "total": total})
+
+        log = train_epochs(
+            self,
+            self.epochs,
+            run_epoch,
+            [net.frn, net.global_ae],
+            [*self.loss.terms, "total"],
+            hint=f"lr {self.lr}, batch size {self.batch_size}",
+        )
         return {
             "epochs": self.epochs,
-            "loss_first_epoch": history[0],
-            "loss_last_epoch": history[-1],
-            "loss_total_per_epoch": [round(h["total"], 6) for h in history],
-            "timing": {**timing, "epoch_s": epoch_s},
+            "loss_first_epoch": log.losses[0],
+            "loss_last_epoch": log.losses[-1],
+            "loss_total_per_epoch": [round(h["total"], 6) for h in log.losses],
+            "optimizer": "Adam (fused)" if adam_implementation(device) else "Adam",
+            "timing": {**timing, "epoch_s": log.epoch_s},
         }
 
     def _trained_key(self, train: ImageSet) -> dict[str, Any]:

@@ -39,14 +39,13 @@ encoder kernel is ``S / 32`` (8 at 256) and every interpolation size is at least
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import BackboneSpec, FeatureExtractor, Normalize
 from ..filters import GaussianBlur
+from ..precision import autocast_forward
 from .losses import LOSS_PG, attention_map, distance_map
 
 ARCHITECTURES = ("paper", "code")
@@ -183,8 +182,10 @@ class UlsadModel(nn.Module):
     global_beta]`` (Section 3.5, set by calibration; float64 as computed).
 
     The networks are built by the caller (the harness seeds the trainable ones, the backbone
-    comes from its weights). ``autocast_dtype``: bf16 autocast of the networks
-    (``precision=bf16``), None for fp32; distances and normalisation always run in fp32.
+    comes from its weights). ``autocast_dtype``: bf16 autocast of the networks (the backbone,
+    N_psi, N_phi: ``precision=bf16``, :mod:`..precision`), None for fp32; read at every call.
+    The networks hand fp32 outputs on: FA, standardisation, distances, quantiles and
+    normalisation always run in fp32.
     """
 
     def __init__(
@@ -212,16 +213,12 @@ class UlsadModel(nn.Module):
         self.loss_pg, self.loss_lg, self.branch = loss_pg, bool(loss_lg), branch
         self.autocast_dtype = autocast_dtype
         self.aggregator, self.frn, self.global_ae = aggregator, frn, global_ae
+        for network in (aggregator.extractor, frn, global_ae):
+            autocast_forward(network, lambda: self.autocast_dtype)
         self.blur = GaussianBlur(blur_sigma)
         self.register_buffer("feature_mean", torch.zeros(1, self.feature_dim, 1, 1))
         self.register_buffer("feature_std", torch.ones(1, self.feature_dim, 1, 1))
         self.register_buffer("quantiles", torch.zeros(2 * len(MAP_NAMES), dtype=torch.float64))
-
-    def autocast(self) -> AbstractContextManager[object]:
-        """bf16 autocast on the model's device when ``autocast_dtype`` is set, else nothing."""
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.feature_mean.device.type, dtype=self.autocast_dtype)
 
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Channel statistics ``[c*]`` of the training features (Algorithm 1, line 4)."""
@@ -243,8 +240,7 @@ class UlsadModel(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen patch features U (not standardised), fp32 ``[B, c*, S/8, S/8]``."""
-        with self.autocast():
-            return self.aggregator(images).float()
+        return self.aggregator(images)
 
     def raw_maps(self, u: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """M_l (Eq. 7) and M_g (Eq. 8) at feature resolution, ``[B, h, w]`` each.
@@ -257,14 +253,11 @@ class UlsadModel(nn.Module):
         instead: A^ with A for ``loss_pg=attention``, U^ with U for ``loss_pg=l2``.
         """
         c = self.feature_dim
-        with self.autocast():
-            u_tilde = self.frn(u)
-            u_hat = self.global_ae(images) if self.branch != "local" else None
-        u, u_tilde = u.float(), u_tilde.float()
+        u_tilde = self.frn(u)
         local = distance_map(u_tilde[:, :c], u, self.lambda_l, self.reduction)
-        if u_hat is None:
+        if self.branch == "local":
             return local, torch.zeros_like(local)
-        u_hat = u_hat.float()
+        u_hat = self.global_ae(images)
         if self.loss_lg:
             global_ = distance_map(u_tilde[:, c:], u_hat, self.lambda_g, self.reduction)  # Eq. 8
         elif self.loss_pg == "attention":
