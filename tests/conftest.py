@@ -27,6 +27,7 @@ TINY_DATA = [
     "profile.batch_size=8",
     "profile.warmup_batches=1",
     "profile.timed_batches=2",
+    "profile.latency_calls=2",
 ]
 
 

@@ -31,6 +31,7 @@ def test_bench_writes_efficiency_report(tmp_path: Path, shared_cache: Path, monk
             "profile.batch_size=4",
             "profile.warmup_batches=1",
             "profile.timed_batches=1",
+            "profile.latency_calls=2",
             f"cache_dir={shared_cache}",
             "seed=3",
             "ulsad:model.feature_dim=16",
@@ -52,6 +53,17 @@ def test_bench_writes_efficiency_report(tmp_path: Path, shared_cache: Path, monk
         assert result["batch_size"] == 4 and result["device"] and result["memory_measure"] == "cpu_tensor_peak"
     assert report["ulsad_train_epoch_s_cached"] > 0 and report["ulsad_train_epoch_s_uncached"] > 0
     assert report["ulsad_attention_targets_s_once"] >= 0 and report["ulsad_feature_extraction_s"] >= 0
+    # several epochs: the first apart, the steady state the median of the others (the preset's 3 epochs)
+    ulsad_fit = report["models"]["ulsad"]
+    assert report["ulsad_train_epochs_timed"] == 3 and report["ulsad_train_epoch_s_cached_first"] > 0
+    paper = report["ulsad_paper_prediction"]
+    once = report["ulsad_feature_extraction_s"] + report["ulsad_attention_targets_s_once"]
+    expected_job = once + report["ulsad_train_epoch_s_cached_first"] + 199 * report["ulsad_train_epoch_s_cached"]
+    assert paper["job_s"] == pytest.approx(expected_job, abs=0.1) and paper["job_train_images"] == 8
+    assert paper["study_train_images_per_seed"] == 16747 and paper["study_categories"] == 41
+    assert paper == ulsad_fit["paper_prediction"] and paper["study_hours"] > 0
+    for name in ("ulsad", "padim"):  # batch 1: the profile's latency_calls single images
+        assert report["models"][name]["latency_ms"] > 0 and report["models"][name]["throughput_batch1_img_s"] > 0
     markdown = (tmp_path / "efficiency.md").read_text()
     rows = {cells[0]: cells for cells in (line.strip("|").split("|") for line in markdown.splitlines()) if cells}
     rows = {name.strip(): [c.strip() for c in cells] for name, cells in rows.items()}
@@ -61,6 +73,9 @@ def test_bench_writes_efficiency_report(tmp_path: Path, shared_cache: Path, monk
     assert rows["padim"][3] == f"{padim['throughput_img_s'] / ulsad['throughput_img_s']:.2f}x"
     assert rows["padim"][4] == f"{padim['peak_memory_mb']:.0f}"
     assert rows["padim"][5] == f"{padim['peak_memory_mb'] / ulsad['peak_memory_mb']:.2f}x"
+    assert rows["padim"][6] == f"{padim['throughput_batch1_img_s']:.2f}"
+    assert rows["padim"][7] == f"{padim['latency_ms']:.2f}"
+    assert f"one paper job (200 epochs, 8 training images) {paper['job_s'] / 60:.1f} min" in markdown
     speedup = report["ulsad_train_epoch_s_uncached"] / report["ulsad_train_epoch_s_cached"]
     assert report["ulsad_epoch_speedup"] == pytest.approx(speedup, abs=5e-4)  # stored to 3 decimals
     assert f"({report['ulsad_epoch_speedup']:.2f}x)" in markdown
@@ -83,3 +98,29 @@ def test_bench_on_cuda_refuses_without_cuda_and_measures_bf16(tmp_path: Path, sh
     assert bf16["precision"] == "bf16" and bf16["throughput_img_s"] > 0
     assert bf16["within_tolerance"] == (abs(bf16["image_auroc_points_vs_first"]) < 0.5)
     assert "| padim | bf16 |" in (tmp_path / "efficiency.md").read_text()
+
+
+def test_every_timed_job_runs_with_the_same_kernel_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``prepare`` asks for deterministic kernels; the bench sets its timing kernels after every
+    ``prepare`` (before, the uncached ULSAD job ran without cudnn.benchmark, the cached one with it)."""
+    from types import SimpleNamespace
+
+    from ulsad_bench.environment import seed_everything
+
+    def prepare(cfg):
+        seed_everything(0, deterministic=True)  # as runner.prepare does
+        return SimpleNamespace(device=torch.device("cuda"))
+
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    algorithms = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    monkeypatch.setattr(bench, "prepare", prepare)
+    try:
+        for _ in range(2):
+            bench.prepare_for_timing(None)
+            assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+            assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+        torch.use_deterministic_algorithms(algorithms[0], warn_only=algorithms[1])
+    assert bench.epoch_times([18.34, 2.73, 1.85, 1.99]) == (18.34, 1.99)
+    assert bench.epoch_times([3.0]) == (3.0, 3.0)

@@ -16,11 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.device_check import DeviceMismatchError, stand_in_accelerator
 from tests.test_baselines import EFFICIENTAD_FAST
 from ulsad_bench import runner
 from ulsad_bench.models.dfr.model import pca_latent_dim
+from ulsad_bench.records import config_hash
+from ulsad_bench.report import load_results
 
 JOBS = {
     "ulsad": ["model=ulsad", "model.feature_dim=16", "model.epochs=2", "model.batch_size=4"],
@@ -75,3 +78,29 @@ def test_a_whole_job_runs_on_the_device_and_scores_as_on_the_cpu(tiny_cfg, tmp_p
     cpu_scores = _scores(tmp_path / "cpu")
     np.testing.assert_allclose(_scores(tmp_path / "device"), cpu_scores, rtol=0, atol=1e-4 * np.abs(cpu_scores).max())
     assert record["metrics"]["image_auroc"] == pytest.approx(on_cpu["metrics"]["image_auroc"], abs=0.02)
+
+
+def test_the_device_type_is_part_of_a_results_identity(tiny_cfg, tmp_path: Path) -> None:
+    """The same job on another device type is another result (its training trajectory and PatchCore's
+    coreset differ by device): another config hash, never skipped on the other's record, and the
+    report does not average seeds run on both. The device's index is not."""
+    devices = ("cpu", "cuda", "cuda:0", "cuda:1")
+    hashes = {device: config_hash(resolved(tiny_cfg(f"device={device}"))) for device in devices}
+    assert hashes["cpu"] != hashes["cuda"] == hashes["cuda:0"] == hashes["cuda:1"]
+    assert resolved(tiny_cfg("device=cuda:1"))["device_type"] == "cuda"
+    out = tmp_path / "outputs"
+    runs = {seed: out / "synthetic" / "pinbox" / "padim" / f"seed={seed}" for seed in (0, 1)}
+    job = ["model=padim", "profile.enabled=false"]
+    assert runner.run(tiny_cfg(*job, "device=cpu", "seed=0"), runs[0])["status"] == "ok"
+    with stand_in_accelerator() as device:
+        again = runner.run(tiny_cfg(*job, f"device={device}", "seed=0"), runs[0])  # resume=strict
+        assert again["status"] == "ok" and again["device"] == str(device)  # ran again: not the CPU's record
+        assert runner.run(tiny_cfg(*job, f"device={device}", "seed=1"), runs[1])["status"] == "ok"
+    assert runner.run(tiny_cfg(*job, "device=cpu", "seed=1"), runs[1])["status"] == "ok"  # seed 1 back on the CPU
+    results = load_results(out)
+    (conflict,) = results.conflicts  # seed 0 on the stand-in device, seed 1 on the CPU: not one experiment
+    assert "device_type" in conflict["detail"] and results.ok.empty
+
+
+def resolved(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -25,6 +25,7 @@ FIELDS = {
     "malloc_mmap_threshold",
 }
 CPU_FIELDS = FIELDS | {"cpu_peak_rss_mb"}
+LATENCY_FIELDS = {"latency_ms", "throughput_batch1_img_s", "latency_calls"}
 MiB = 2**20
 
 
@@ -71,6 +72,16 @@ def test_profile_counts_warmup_and_timed_batches() -> None:
     assert result["peak_memory_mb"] > 0 and result["memory_measure"] == "cpu_tensor_peak"
     assert result["cpu_peak_rss_mb"] > 0
     assert result["batch_size"] == 32 and result["timed_batches"] == 3 and result["image_size"] == 16
+
+
+def test_batch1_latency_times_single_images_one_by_one() -> None:
+    model = _Counting()
+    images = torch.randint(0, 255, (5, 3, 16, 16), dtype=torch.uint8)
+    result = profile_inference(model, images, torch.device("cpu"), 8, 1, 1, latency_calls=4)
+    assert set(result) == CPU_FIELDS | LATENCY_FIELDS
+    # batches of 8 (1 warm-up, 1 timed, 1 for memory), then 2 untimed and 4 timed single images
+    assert model.calls == [(8, 3, 16, 16)] * 3 + [(1, 3, 16, 16)] * 6
+    assert result["latency_ms"] > 0 and result["throughput_batch1_img_s"] > 0 and result["latency_calls"] == 4
 
 
 class _Holding(AnomalyModel):
@@ -128,5 +139,6 @@ def test_every_record_carries_efficiency(tiny_cfg, tmp_path) -> None:
     record = runner.run(tiny_cfg("model=padim"), tmp_path / "run")
     assert record["status"] == "ok", record.get("error")
     efficiency = record["efficiency"]
-    assert set(efficiency) == CPU_FIELDS
+    assert set(efficiency) == CPU_FIELDS | LATENCY_FIELDS
     assert efficiency["throughput_img_s"] > 0 and efficiency["batch_size"] == 8
+    assert efficiency["latency_ms"] > 0 and efficiency["latency_calls"] == 2

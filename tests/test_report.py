@@ -118,12 +118,21 @@ def write_run(
     return run_dir
 
 
-GPU = {"throughput_img_s": 33.0, "peak_memory_mb": 2048.0, "memory_measure": "cuda_max_allocated", "device": "H200"}
+GPU = {
+    "throughput_img_s": 33.0,
+    "peak_memory_mb": 2048.0,
+    "memory_measure": "cuda_max_allocated",
+    "device": "H200",
+    "latency_ms": 8.0,
+    "throughput_batch1_img_s": 125.0,
+}
 CPU = {
     "throughput_img_s": 5.0,
     "peak_memory_mb": 1536.0,
     "memory_measure": "cpu_tensor_peak",
     "device": "cpu (2 threads)",
+    "latency_ms": 250.0,
+    "throughput_batch1_img_s": 4.0,
 }
 KINDS = {"logical": {"image_auroc": 0.7, "pixel_auroc": 0.6, "aupro": 0.5}}
 KINDS["structural"] = {"image_auroc": 0.95, "pixel_auroc": 0.9, "aupro": 0.85}
@@ -303,6 +312,9 @@ def test_table4_efficiency_units_and_marks(report) -> None:
     assert md_row(path, "Throughput (img/s) ↑") == ["<u>5.00 ± 0.00</u><sup>†3</sup>", "—", "**33.00 ± 0.00**"]
     # memory: lower is better; PaDiM's is measured on CPU (§), 1536 MiB = 1.50 GB
     assert md_row(path, "Peak memory (GB) ↓") == ["**1.50 ± 0.00**<sup>†3 §</sup>", "—", "<u>2.00 ± 0.00</u>"]
+    # batch-1 latency (lower is better) and throughput, from the records' efficiency
+    assert md_row(path, "Latency, batch 1 (ms) ↓") == ["<u>250.00 ± 0.00</u><sup>†3</sup>", "—", "**8.00 ± 0.00**"]
+    assert md_row(path, "Throughput, batch 1 (img/s) ↑")[2] == "**125.00 ± 0.00**"
     text = path.read_text()
     assert "no efficiency measurement in the records: PatchCore / MVTec-LOCO" in text
     assert "MEMORY MEASURED ON CPU" in text

@@ -4,7 +4,7 @@ import os
 
 from omegaconf import OmegaConf
 
-from .config import REPO, run_subdir
+from .config import REPO, device_type, run_subdir
 
 __version__ = "0.1.0"
 
@@ -20,3 +20,5 @@ if not OmegaConf.has_resolver("variant_suffix"):
     OmegaConf.register_new_resolver("variant_suffix", _variant_suffix)
 if not OmegaConf.has_resolver("run_subdir"):
     OmegaConf.register_new_resolver("run_subdir", lambda overrides: run_subdir(list(overrides or [])))
+if not OmegaConf.has_resolver("device_type"):
+    OmegaConf.register_new_resolver("device_type", device_type)

@@ -7,15 +7,22 @@ memory banks from 354 training images), fitted, then measured through the one pr
 :mod:`ulsad_bench.profiling`. Iterative models train briefly (inference cost does not depend on
 training length); weights are random by default (speed and memory do not depend on their values).
 
-ULSAD's training epoch is timed twice, as two configured jobs: with the frozen features
+Inference is measured at batch ``profile.batch_size`` (32) and at batch 1 (single images timed
+one by one: latency and img/s).
+
+ULSAD's training is timed as two configured jobs of a few epochs each: with the frozen features
 precomputed once (the default, ``model.precompute_features=true``) and recomputed on every
-batch (``false``); the epoch times come from the fit's record (``fit.timing.epoch_s``). Writes
-``reports/efficiency.json`` and ``reports/efficiency.md``.
+batch (``false``), both after the same kernel settings; the epoch times come from the fit's
+record (``fit.timing.epoch_s``). The first epoch is reported apart (on CUDA it includes
+``cudnn.benchmark``'s autotuning of every new shape) and the steady state is the median of the
+others; from it, the time of one paper job and of the paper's whole ULSAD study on this device
+are predicted. Writes ``reports/efficiency.json`` and ``reports/efficiency.md``.
 
 Extra Hydra overrides apply to every model (``device=cuda``), or to one model with
 ``MODEL:key=value``. ``--precisions fp32,bf16`` (the default on CUDA; ``make bench DEVICE=cuda``)
-measures every fitted model again under bf16 autocast with channels-last modules, and reports
-its test image AUROC against fp32's (flagged beyond 0.5 points). On CUDA, timing runs with
+measures every fitted model again under its bf16 precision policy
+(:mod:`ulsad_bench.models.precision`) with channels-last modules on CUDA, and reports its test
+image AUROC against fp32's (flagged beyond 0.5 points). On CUDA, timing runs with
 ``cudnn.benchmark`` on and deterministic algorithms off (recorded), since outputs are not used.
 ``device=cuda`` on a machine without CUDA stops before anything runs (exit 2).
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -46,6 +54,11 @@ GOALS = "ULSAD throughput >= PatchCore and >= 2x DFR; ULSAD memory <= 40% of Pat
 #: models after it would not be measured as in their own jobs
 DEFAULT_MODELS = "ulsad,padim,efficientad,dfr,patchcore"
 PRESETS = EXPERIMENTS_DIR / "bench"
+#: the paper's ULSAD study (Section 4.1): 200 epochs, five seeds, and the training images of each
+#: dataset's published split (Section 4.1: MVTec AD 3,629, VisA 8,659 of its 1cls split, MVTec
+#: LOCO 1,772, MPDD 888, BTAD 1,799) in 15 + 12 + 5 + 6 + 3 categories
+PAPER_EPOCHS, PAPER_SEEDS, PAPER_CATEGORIES = 200, 5, 41
+PAPER_TRAIN_IMAGES = {"mvtec": 3629, "visa": 8659, "mvtec_loco": 1772, "mpdd": 888, "btad": 1799}
 #: bf16 may move the test image AUROC by less than this against fp32 (the tests' tolerance)
 AUROC_TOLERANCE_POINTS = 0.5
 
@@ -108,16 +121,35 @@ def _channels_last(module: torch.nn.Module) -> bool:
     )
 
 
-def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[str, Any]:
-    """Fit the model's bench job and measure its inference at each precision (the first one's
-    figures at the top level), with the test image AUROC of each against the first's; for ULSAD
-    also its training epoch with and without precomputed features."""
-    cfg = bench_config(name, overrides)
+def prepare_for_timing(cfg: Any) -> Any:
+    """The job of ``cfg`` (:func:`~ulsad_bench.runner.prepare`), then on CUDA the fastest kernels
+    (``cudnn.benchmark`` on, deterministic algorithms off: outputs are not used for results). Set
+    after every ``prepare``, which seeds and asks for deterministic kernels, so that every job of
+    the bench is timed in the same state."""
     job = prepare(cfg)
-    if job.device.type == "cuda":  # outputs are not used for results: the fastest kernels
+    if job.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.deterministic = False
         torch.use_deterministic_algorithms(False)
+    return job
+
+
+def epoch_times(epoch_s: list[float]) -> tuple[float, float]:
+    """``(first, steady)`` of a fit's epoch times: the first epoch (it includes ``cudnn.benchmark``'s
+    autotuning of every new shape on CUDA, and warm caches everywhere) and the median of the others."""
+    if not epoch_s:
+        raise ValueError("no epoch was timed")
+    rest = epoch_s[1:] or epoch_s
+    return epoch_s[0], round(statistics.median(rest), 4)
+
+
+def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[str, Any]:
+    """Fit the model's bench job and measure its inference at each precision (the first one's
+    figures at the top level) at batch ``profile.batch_size`` and at batch 1, with the test image
+    AUROC of each against the first's; for ULSAD also its training epoch with and without
+    precomputed features (first epoch and steady state)."""
+    cfg = bench_config(name, overrides)
+    job = prepare_for_timing(cfg)
     start = time.perf_counter()
     fit = job.model.fit(job.train, job.val)
     fit_s = time.perf_counter() - start
@@ -133,6 +165,7 @@ def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[
                 warmup_batches=int(profile.warmup_batches),
                 timed_batches=int(profile.timed_batches),
                 precision=precision,
+                latency_calls=int(profile.get("latency_calls", 0)),
             )
             scores = predict_all(job.model, job.test, job.device, int(cfg.eval_batch_size), progress=False)[1]
         figures["image_auroc"] = round(float(image_auroc(job.test.labels, scores)), 6)
@@ -150,13 +183,44 @@ def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[
         timing = fit["timing"]
         result["feature_extraction_s"] = timing.get("features_s", 0.0)
         result["attention_targets_s_once"] = timing.get("attention_targets_s", 0.0)
-        result["train_epoch_s_cached"] = timing["epoch_s"][0]
+        result["train_epochs_timed"] = len(timing["epoch_s"])
+        result["train_epoch_s_cached_first"], result["train_epoch_s_cached"] = epoch_times(timing["epoch_s"])
         del job
         _release()
-        uncached = prepare(bench_config(name, overrides, "model.precompute_features=false"))
+        uncached = prepare_for_timing(bench_config(name, overrides, "model.precompute_features=false"))
         timing = uncached.model.fit(uncached.train, uncached.val)["timing"]
-        result["train_epoch_s_uncached"] = timing["epoch_s"][0]
+        result["train_epoch_s_uncached_first"], result["train_epoch_s_uncached"] = epoch_times(timing["epoch_s"])
+        result["paper_prediction"] = predict_paper_times(result)
     return result
+
+
+def predict_paper_times(ulsad: dict[str, Any]) -> dict[str, Any]:
+    """What ULSAD's training at the paper's setting would take on this device, from the measured
+    steady-state epoch with cached features (per training image) and the feature extraction:
+
+    - one paper job: a category of the bench's size (``train_images``), the features once, the
+      first epoch as measured, then ``PAPER_EPOCHS - 1`` steady epochs;
+    - the paper's whole ULSAD study: every category of the five datasets (their training images,
+      :data:`PAPER_TRAIN_IMAGES`) x ``PAPER_SEEDS`` seeds x ``PAPER_EPOCHS`` epochs, the features
+      once per category (cached across seeds).
+    Excluded: calibration, testing and profiling, which do not depend on the epochs.
+    """
+    images = ulsad["train_images"]
+    per_image_epoch = ulsad["train_epoch_s_cached"] / images
+    per_image_features = ulsad["feature_extraction_s"] / images
+    once = ulsad["feature_extraction_s"] + ulsad["attention_targets_s_once"]
+    job_s = once + ulsad["train_epoch_s_cached_first"] + (PAPER_EPOCHS - 1) * ulsad["train_epoch_s_cached"]
+    total_images = sum(PAPER_TRAIN_IMAGES.values())
+    study_s = total_images * (PAPER_SEEDS * PAPER_EPOCHS * per_image_epoch + per_image_features)
+    return {
+        "epochs": PAPER_EPOCHS,
+        "seeds": PAPER_SEEDS,
+        "job_train_images": images,
+        "job_s": round(job_s, 1),
+        "study_train_images_per_seed": total_images,
+        "study_categories": PAPER_CATEGORIES,
+        "study_hours": round(study_s / 3600, 2),
+    }
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -169,20 +233,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Device: {report['device']}. Images {report['image_size']} x {report['image_size']}, batch "
         f"{report['batch_size']}, {report['warmup_batches']} warm-up + {report['timed_batches']} timed batches, "
-        f"precisions {', '.join(report['precisions'])} (bf16: autocast, channels-last on CUDA), cudnn.benchmark "
+        f"precisions {', '.join(report['precisions'])} (bf16: each model's precision policy, channels-last on "
+        f"CUDA), cudnn.benchmark "
         f"{report.get('cudnn_benchmark')}, deterministic algorithms {report.get('deterministic')}, "
         f"backbone {report['backbone']} ({report['weights']} weights), "
         f"memory banks from {report['train_images']} training images. Each model runs as in its own job: "
         "PatchCore last, as it sets glibc's mmap threshold for its process (field malloc_mmap_threshold).",
         "",
-        "| Model | Precision | Throughput (img/s) | vs ULSAD | Peak memory (MB) | vs ULSAD | I-AUROC vs first "
-        "precision (points) | Memory measured as |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| Model | Precision | Throughput (img/s) | vs ULSAD | Peak memory (MB) | vs ULSAD | Batch 1 (img/s) | "
+        "Batch 1 latency (ms) | I-AUROC vs first precision (points) | Memory measured as |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, result in models.items():
         if "error" in result:
             error = " ".join(str(result["error"]).split()).replace("|", "/")
-            lines.append(f"| {name} | | failed: {error} | | | | | |")
+            lines.append(f"| {name} | | failed: {error} | | | | | | | |")
             continue
         for precision, figures in result.get("precisions", {result.get("precision", ""): result}).items():
             ref = (reference or {}).get("precisions", {}).get(precision, reference) if reference else None
@@ -190,23 +255,41 @@ def render_markdown(report: dict[str, Any]) -> str:
             m_ratio = f"{figures['peak_memory_mb'] / ref['peak_memory_mb']:.2f}x" if ref else "—"
             delta = figures.get("image_auroc_points_vs_first")
             delta_text = "—" if delta is None else f"{delta:+.2f}" + ("" if figures.get("within_tolerance") else " (!)")
+            batch1 = f"{figures['throughput_batch1_img_s']:.2f}" if "throughput_batch1_img_s" in figures else "—"
+            latency = f"{figures['latency_ms']:.2f}" if "latency_ms" in figures else "—"
             lines.append(
                 f"| {name} | {precision} | {figures['throughput_img_s']:.2f} | {t_ratio} | "
-                f"{figures['peak_memory_mb']:.0f} | {m_ratio} | {delta_text} | {figures['memory_measure']} |"
+                f"{figures['peak_memory_mb']:.0f} | {m_ratio} | {batch1} | {latency} | {delta_text} | "
+                f"{figures['memory_measure']} |"
             )
     if "ulsad_train_epoch_s_cached" in report:
-        lines += [
-            "",
-            f"ULSAD training epoch: {report['ulsad_train_epoch_s_cached']:.2f} s with cached frozen features, "
-            f"{report['ulsad_train_epoch_s_uncached']:.2f} s recomputing the backbone "
-            f"({report['ulsad_epoch_speedup']:.2f}x). Computed once per training set and not in the cached "
-            f"epoch: the features ({report['ulsad_feature_extraction_s']:.1f} s, computed or read from the "
-            f"disk cache) and Eq. 3's "
-            f"attention targets ({report['ulsad_attention_targets_s_once']:.1f} s).",
-        ]
+        lines += ["", ulsad_training_text(report)]
     lines += ["", f"Goals: {GOALS}.", ""]
     lines += [f"- {goal}: {'met' if ok else 'NOT met'}" for goal, ok in report.get("goals", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def ulsad_training_text(report: dict[str, Any]) -> str:
+    """The paragraph on ULSAD's training epoch and what the paper's setting would take."""
+    text = (
+        f"ULSAD training epoch ({report['ulsad_train_images']} images, steady state: the median of epochs 2 to "
+        f"{report['ulsad_train_epochs_timed']}): {report['ulsad_train_epoch_s_cached']:.2f} s with cached frozen "
+        f"features, {report['ulsad_train_epoch_s_uncached']:.2f} s recomputing the backbone "
+        f"({report['ulsad_epoch_speedup']:.2f}x); the first epoch (autotuning, warm-up) took "
+        f"{report['ulsad_train_epoch_s_cached_first']:.2f} s and {report['ulsad_train_epoch_s_uncached_first']:.2f} s. "
+        f"Computed once per training set and not in the cached epoch: the features "
+        f"({report['ulsad_feature_extraction_s']:.1f} s, computed or read from the disk cache) and Eq. 3's "
+        f"attention targets ({report['ulsad_attention_targets_s_once']:.1f} s)."
+    )
+    paper = report.get("ulsad_paper_prediction")
+    if paper:
+        text += (
+            f" Predicted on this device from the steady epoch: one paper job ({paper['epochs']} epochs, "
+            f"{paper['job_train_images']} training images) {paper['job_s'] / 60:.1f} min; the paper's whole ULSAD "
+            f"study ({paper['study_categories']} categories x {paper['seeds']} seeds, "
+            f"{paper['study_train_images_per_seed']:,} training images per seed) {paper['study_hours']:.1f} hours."
+        )
+    return text
 
 
 def check_goals(report: dict[str, Any]) -> dict[str, bool]:
@@ -273,11 +356,25 @@ def main(argv: list[str] | None = None) -> int:
         summary = result.get("error") or f"{result['throughput_img_s']:.2f} img/s, {result['peak_memory_mb']:.0f} MB"
         print(f"[bench] {name}: {summary}", flush=True)
         if name == "ulsad" and "train_epoch_s_uncached" in result:
-            report["ulsad_train_epoch_s_cached"] = result["train_epoch_s_cached"]
-            report["ulsad_train_epoch_s_uncached"] = result["train_epoch_s_uncached"]
+            for key in (
+                "train_epoch_s_cached",
+                "train_epoch_s_uncached",
+                "train_epoch_s_cached_first",
+                "train_epoch_s_uncached_first",
+                "train_epochs_timed",
+                "train_images",
+                "attention_targets_s_once",
+                "feature_extraction_s",
+                "paper_prediction",
+            ):
+                report[f"ulsad_{key}"] = result[key]
             report["ulsad_epoch_speedup"] = round(result["train_epoch_s_uncached"] / result["train_epoch_s_cached"], 3)
-            report["ulsad_attention_targets_s_once"] = result["attention_targets_s_once"]
-            report["ulsad_feature_extraction_s"] = result["feature_extraction_s"]
+            paper = result["paper_prediction"]
+            print(
+                f"[bench] predicted ULSAD training here: one paper job {paper['job_s'] / 60:.1f} min, the paper's "
+                f"study {paper['study_hours']:.1f} h",
+                flush=True,
+            )
     ok = [r for r in report["models"].values() if "error" not in r]
     if ok:
         report["cudnn_benchmark"], report["deterministic"] = ok[0]["cudnn_benchmark"], ok[0]["deterministic"]

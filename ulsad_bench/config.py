@@ -43,9 +43,10 @@ NON_RESULT_KEYS: dict[str, str] = {
     ),
     # Deliberate choices (see the README, "Where results go"):
     "device": (
-        "metrics of one job on CPU and GPU agree to floating-point rounding (deterministic kernels); the device a "
-        "record ran on is stored in it and shown with every efficiency figure, so a sweep finished on one machine "
-        "is not redone on another"
+        "which device of its type runs the job (cuda:0 or cuda:1, or auto): one type gives the same results "
+        "(deterministic kernels), so a sweep spread over the GPUs of a machine is one experiment. The type is a "
+        "result key of its own, device_type (derived from device): a CPU and a GPU train along different "
+        "floating-point trajectories and PatchCore's coreset differs, so their numbers differ beyond rounding"
     ),
     "profile": (
         "the throughput/memory protocol changes the efficiency figures only, never the metrics; each record "
@@ -60,6 +61,18 @@ NON_RESULT_KEYS: dict[str, str] = {
 #: ``experiment`` and ``ablation`` presets set ``variant``. Matched exactly: ``dataset`` is the
 #: dataset's name, ``dataset.image_size`` still names the folder.
 FOLDER_KEYS = ("seed", "model", "dataset", "dataset.category", "variant", "experiment", "ablation")
+
+
+def device_type(device: object) -> str:
+    """The type of a ``device`` setting, the result key ``device_type`` (resolver of the same name in
+    ``conf/config.yaml``): ``cuda:1`` -> ``cuda``, ``cpu`` -> ``cpu``, ``auto`` -> ``cuda`` where
+    CUDA is available, else ``cpu`` (as :func:`ulsad_bench.environment.resolve_device` chooses)."""
+    name = str(device)
+    if name == "auto":
+        import torch  # only to resolve auto: composing a config does not import torch otherwise
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name.split(":", 1)[0]
 
 
 def _matches(key: str, prefixes: Iterable[str]) -> bool:

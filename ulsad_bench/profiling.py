@@ -10,6 +10,10 @@ Protocol (following EfficientAD's and the ULSAD paper's Table 4: batches of 32 i
 4. ``timed_batches`` calls timed with ``time.perf_counter``; on CUDA the device is
    synchronised before the clock starts and before it is read.
 5. throughput = images processed / seconds.
+6. Batch-1 latency (what a deployment sees, nearer the paper's Table 4 protocol than batches of
+   32): ``latency_calls`` single-image calls after two untimed ones, each timed alone (the device
+   synchronised before and after); the median in milliseconds (``latency_ms``) and images per
+   second over all of them (``throughput_batch1_img_s``). ``latency_calls=0`` skips it.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` after a reset, covering the timed
 calls (model weights, memory banks and the input batch included, as they stay allocated),
@@ -27,6 +31,7 @@ reference.
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 import time
 import weakref
@@ -149,6 +154,7 @@ def profile_inference(
     warmup_batches: int = 2,
     timed_batches: int = 5,
     precision: str = "fp32",
+    latency_calls: int = 0,
 ) -> dict[str, Any]:
     """Measure ``model.predict`` as described in the module docstring.
 
@@ -159,7 +165,8 @@ def profile_inference(
         ``throughput_img_s``, ``peak_memory_mb``, ``memory_measure``, ``device``, ``batch_size``,
         ``timed_batches``, ``warmup_batches``, ``precision``, ``image_size``, ``seconds``,
         ``malloc_mmap_threshold``; on CPU
-        also ``cpu_peak_rss_mb`` (for reference, see the module docstring).
+        also ``cpu_peak_rss_mb`` (for reference, see the module docstring); with
+        ``latency_calls`` also ``latency_ms``, ``throughput_batch1_img_s`` and ``latency_calls``.
     """
     if timed_batches < 1:
         raise ValueError("timed_batches must be at least 1")
@@ -202,4 +209,24 @@ def profile_inference(
     }
     if device.type != "cuda":
         result["cpu_peak_rss_mb"] = rss_peak_mb
+    if latency_calls > 0:
+        result.update(batch1_latency(model, batch[:1], device, latency_calls))
     return result
+
+
+def batch1_latency(model: AnomalyModel, image: torch.Tensor, device: torch.device, calls: int) -> dict[str, Any]:
+    """Step 6 of the module docstring for one image ``[1, 3, S, S]`` on ``device``."""
+    for _ in range(2):
+        model.predict(image)
+    seconds = []
+    for _ in range(calls):
+        synchronize(device)
+        start = time.perf_counter()
+        model.predict(image)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return {
+        "latency_ms": round(1000 * statistics.median(seconds), 3),
+        "throughput_batch1_img_s": round(calls / sum(seconds), 3),
+        "latency_calls": calls,
+    }

@@ -377,6 +377,7 @@ def _execute(
             warmup_batches=int(cfg.profile.warmup_batches),
             timed_batches=int(cfg.profile.timed_batches),
             precision=str(cfg.precision),
+            latency_calls=int(cfg.profile.get("latency_calls", 0)),
         )
         record["timing"]["profile_s"] = round(time.perf_counter() - start, 3)
 

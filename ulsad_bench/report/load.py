@@ -41,7 +41,7 @@ RECORD_METRICS = (*ALL_METRICS, *SPRO_METRICS)
 KIND_COLUMNS = tuple(f"{kind}_{metric}" for kind in KINDS for metric in RECORD_METRICS)
 # MVTec LOCO's official "mean" AUC-sPRO: (logical + structural) / 2, per record
 MEAN_SPRO_COLUMNS = tuple(f"mean_{metric}" for metric in SPRO_METRICS)
-EFFICIENCY_COLUMNS = ("throughput", "peak_memory_gb")
+EFFICIENCY_COLUMNS = ("throughput", "peak_memory_gb", "throughput_batch1", "latency_ms")
 
 
 @dataclass
@@ -159,6 +159,8 @@ def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     row["throughput"] = float(efficiency.get("throughput_img_s", float("nan")))
     row["peak_memory_gb"] = float(efficiency.get("peak_memory_mb", float("nan"))) / 1024.0
     row["memory_measure"] = str(efficiency.get("memory_measure", efficiency.get("memory_kind", "")))
+    row["throughput_batch1"] = float(efficiency.get("throughput_batch1_img_s", float("nan")))
+    row["latency_ms"] = float(efficiency.get("latency_ms", float("nan")))
     row["efficiency_device"] = str(efficiency.get("device", ""))
     row["efficiency_batch_size"] = efficiency.get("batch_size")
     for key in ULSAD_KEYS:
