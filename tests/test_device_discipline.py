@@ -11,6 +11,7 @@ on it end to end, and must give the scores of the same job on the CPU.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from omegaconf import OmegaConf
 
 from tests.device_check import DeviceMismatchError, stand_in_accelerator
 from tests.test_baselines import EFFICIENTAD_FAST
-from ulsad_bench import runner
+from ulsad_bench import bench, runner
 from ulsad_bench.models.dfr.model import pca_latent_dim
 from ulsad_bench.records import config_hash
 from ulsad_bench.report import load_results
@@ -66,13 +67,15 @@ def _scores(run_dir: Path) -> np.ndarray:
 @pytest.mark.parametrize("name", list(JOBS))
 def test_a_whole_job_runs_on_the_device_and_scores_as_on_the_cpu(tiny_cfg, tmp_path: Path, name: str) -> None:
     overrides = [*JOBS[name], "feature_cache=false", "dataset.category=texture", "profile.enabled=true"]
-    overrides.append("profile.batch_size=2")
-    on_cpu = runner.run(tiny_cfg(*overrides, "device=cpu"), tmp_path / "cpu")
-    assert on_cpu["status"] == "ok", on_cpu.get("traceback")
+    overrides += ["profile.batch_size=2", "dataset.synthetic.n_test_good=3", "dataset.synthetic.n_per_defect=1"]
     with stand_in_accelerator() as device:
         record = runner.run(tiny_cfg(*overrides, f"device={device}"), tmp_path / "device")
     assert record["status"] == "ok", record.get("traceback")
     assert record["device"] == str(device) and record["efficiency"]["throughput_img_s"] > 0
+    if name == "efficientad":  # its CPU job, at 256 px, is tested in test_baselines.py; here the device path
+        return
+    on_cpu = runner.run(tiny_cfg(*overrides, "device=cpu"), tmp_path / "cpu")
+    assert on_cpu["status"] == "ok", on_cpu.get("traceback")
     # the same computation: the same scores, to float rounding (operators are split into kernels
     # differently off the CPU; a training compounds it), relative to the scores' scale
     cpu_scores = _scores(tmp_path / "cpu")
@@ -104,3 +107,17 @@ def test_the_device_type_is_part_of_a_results_identity(tiny_cfg, tmp_path: Path)
 
 def resolved(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_make_bench_runs_on_the_device(tmp_path: Path, shared_cache: Path) -> None:
+    """The bench's own code (its timing jobs, ULSAD's epochs with features recomputed per batch, batch 1)."""
+    tiny = ["dataset.image_size=64", "backbone=resnet18", "dataset.synthetic.n_train=8", "profile.batch_size=2"]
+    tiny += ["profile.timed_batches=1", "profile.warmup_batches=1", "profile.latency_calls=1"]
+    tiny += ["dataset.synthetic.n_test_good=2", "dataset.synthetic.n_per_defect=1", "dataset.synthetic.n_validation=4"]
+    tiny += [f"cache_dir={shared_cache}", "model.feature_dim=16", "model.epochs=2"]
+    with stand_in_accelerator() as device:
+        code = bench.main(["--models", "ulsad", "--out", str(tmp_path), f"device={device}", *tiny])
+    assert code == 0
+    report = json.loads((tmp_path / "efficiency.json").read_text())
+    assert report["device"] == str(device) and report["ulsad_train_epoch_s_uncached"] > 0
+    assert all("error" not in result and result["latency_ms"] > 0 for result in report["models"].values())

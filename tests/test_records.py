@@ -38,12 +38,12 @@ def test_failed_rerun_keeps_the_ok_record_and_its_files(tiny_cfg, tmp_path: Path
     assert first["status"] == "ok"
     before = _bytes(run_dir)
 
-    # device is not a result key: the same job on another device is already done
-    skipped = runner.run(tiny_cfg("model=padim", "device=cuda"), run_dir)
+    # which device of a type is not a result: the same job on another CPU index is already done
+    skipped = runner.run(tiny_cfg("model=padim", "device=cpu:0"), run_dir)
     assert skipped["finished"] == first["finished"] and _bytes(run_dir) == before
 
-    # forced to run again on a CUDA device this machine does not have: the attempt fails
-    failed = runner.run(tiny_cfg("model=padim", "device=cuda:0", "resume=false"), run_dir)
+    # the device type is: asked to run on a CUDA device this machine does not have, the attempt fails
+    failed = runner.run(tiny_cfg("model=padim", "device=cuda:0"), run_dir)
     assert failed["status"] == "failed" and "CUDA is not available" in failed["error"]
     assert _bytes(run_dir) == before, "the ok record, predictions and maps are untouched"
     attempts = list((run_dir / ATTEMPTS_DIR).glob(f"*/{RECORD_NAME}"))
