@@ -35,9 +35,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,ray]"
 	touch $(STAMP)
 
+# Two test workers with one torch thread each: torch's default of one thread per core in each worker
+# would run four threads on two cores and slow every test (README, measured section).
 test: install
 	$(PY) -m ruff check ulsad_bench tests run.py docs
-	$(PY) -m pytest -q -n 2
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
