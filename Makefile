@@ -39,6 +39,7 @@ $(STAMP): pyproject.toml
 # would run four threads on two cores and slow every test (README, measured section).
 test: install
 	$(PY) -m ruff check ulsad_bench tests run.py docs
+	$(VENV)/bin/lint-imports
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
 test-all: install
@@ -46,6 +47,7 @@ test-all: install
 
 lint: install
 	$(PY) -m ruff check ulsad_bench tests run.py docs
+	$(VENV)/bin/lint-imports
 	$(PY) -m ruff format --check ulsad_bench tests run.py docs
 
 demo: install

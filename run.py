@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 import ulsad_bench  # noqa: F401  (registers the config resolvers)
 from ulsad_bench import sweep
-from ulsad_bench.config import expand_all_categories
+from ulsad_bench.categories import expand_all_categories
+from ulsad_bench.outcomes import sweep_failed
 from ulsad_bench.runner import run
 
 # Inherited by launcher workers (joblib, submitit): no hub lookups, ever.
@@ -37,5 +38,5 @@ if __name__ == "__main__":
     except (ValueError, HydraException) as err:
         sys.exit(f"run.py: {err}")
     main()
-    if sweep.LAST_OUTCOME is not None and sweep.sweep_failed(sweep.LAST_OUTCOME):
+    if sweep.LAST_OUTCOME is not None and sweep_failed(sweep.LAST_OUTCOME):
         sys.exit(1)

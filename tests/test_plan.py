@@ -35,8 +35,8 @@ def _no_launch(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def real_sweep(shared_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     """The plan of 2 padim jobs, then the very command ``make sweep`` launches for them."""
+    from ulsad_bench.launch import sweep_command
     from ulsad_bench.plan import make_plan
-    from ulsad_bench.sweep import sweep_command
 
     results = tmp_path_factory.mktemp("sweep") / "results"
     args = {"dataset": "synthetic", "models": "padim", "seeds": "0,1", "categories": "texture", "results": str(results)}
@@ -149,7 +149,8 @@ def test_cache_disk_estimate_from_shapes_counts_shared_entries_once(shared_cache
 
 
 def test_expand_sweep_follows_presets_params_and_the_command_line() -> None:
-    from ulsad_bench.plan import expand_sweep, hydra_app, jobs_at_once, master_config
+    from ulsad_bench.config import hydra_app, master_config
+    from ulsad_bench.plan import expand_sweep, jobs_at_once
 
     with hydra_app() as hydra:
         master = master_config(hydra, ["+experiment=fig8_quantiles"])
@@ -163,7 +164,7 @@ def test_expand_sweep_follows_presets_params_and_the_command_line() -> None:
 
 
 def test_progress_counts_this_sweeps_outcome_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ulsad_bench.sweep import SWEEP_ID_ENV, format_progress, sweep_info_path, sweep_progress, write_outcome
+    from ulsad_bench.outcomes import SWEEP_ID_ENV, format_progress, sweep_info_path, sweep_progress, write_outcome
 
     def outcome(name: str, payload: dict) -> None:
         path = tmp_path / name / ".outcomes" / "this.json"

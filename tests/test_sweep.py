@@ -16,8 +16,8 @@ import pytest
 from tests.conftest import TINY_DATA
 from ulsad_bench import runner
 from ulsad_bench.config import REPO
+from ulsad_bench.outcomes import summarize_sweep
 from ulsad_bench.records import RECORD_NAME, find_records
-from ulsad_bench.sweep import summarize_sweep
 
 
 def _multirun(out: Path, cache: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -105,7 +105,7 @@ def test_interrupted_sweep_rerun_completes_every_record_exactly_once(shared_cach
 
 
 def test_summary_distinguishes_ran_skipped_failed_missing_and_busy(tmp_path: Path, monkeypatch) -> None:
-    from ulsad_bench.sweep import SWEEP_ID_ENV, write_outcome
+    from ulsad_bench.outcomes import SWEEP_ID_ENV, write_outcome
 
     monkeypatch.setenv(SWEEP_ID_ENV, "this")
     for name in ("ran", "failed", "missing", "skipped", "busy"):
@@ -250,7 +250,8 @@ def test_bad_input_fails_the_job_naming_the_file(tmp_path: Path, bad: str, share
 
 
 def test_make_sweep_covers_every_category_model_and_seed(shared_cache: Path, tmp_path: Path) -> None:
-    from ulsad_bench.sweep import main, sweep_command
+    from ulsad_bench.launch import sweep_command
+    from ulsad_bench.sweep import main
 
     command = sweep_command({"dataset": "synthetic", "models": "padim,ulsad", "seeds": "0,1", "n_jobs": "3"}, [])
     assert "dataset.category=texture,pinbox" in command and "model=padim,ulsad" in command
@@ -272,7 +273,7 @@ def test_make_sweep_covers_every_category_model_and_seed(shared_cache: Path, tmp
 
 
 def test_category_all_expands_into_a_multirun() -> None:
-    from ulsad_bench.config import expand_all_categories
+    from ulsad_bench.categories import expand_all_categories
 
     assert expand_all_categories(["dataset=mvtec_loco", "dataset.category=all", "seed=0"]) == [
         "-m",
@@ -285,7 +286,7 @@ def test_category_all_expands_into_a_multirun() -> None:
 
 
 def test_category_all_follows_the_dataset_an_experiment_preset_chooses() -> None:
-    from ulsad_bench.config import expand_all_categories
+    from ulsad_bench.categories import expand_all_categories
 
     expanded = expand_all_categories(["+experiment=fig7_backbones", "dataset.category=all", "seed=0,1"])
     assert expanded[expanded.index("+experiment=fig7_backbones") + 1].startswith("dataset.category=breakfast_box,")
@@ -354,7 +355,7 @@ def test_sweep_refuses_unknown_arguments(monkeypatch, capsys) -> None:
 def test_dataset_root_with_spaces_and_commas_reaches_hydra_whole() -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from ulsad_bench.sweep import sweep_command
+    from ulsad_bench.launch import sweep_command
 
     root = "/data/my sets/it's, here"
     command = sweep_command({"dataset": "mvtec", "root": root}, [], categories=["bottle"])
@@ -399,7 +400,7 @@ def test_make_sweep_exits_non_zero_when_a_job_failed_and_still_writes_tables(tmp
 
 
 def test_sweeps_and_flags_in_the_arguments_do_not_break_the_expansion(monkeypatch, capsys) -> None:
-    from ulsad_bench.config import expand_all_categories
+    from ulsad_bench.categories import expand_all_categories
     from ulsad_bench.sweep import main
 
     expanded = expand_all_categories(["-m", "--cfg", "job", "dataset.category=all", "backbone=resnet18,resnet50"])

@@ -1,5 +1,5 @@
 """Where the configs live, how they are composed (:func:`compose`, and the expansion of
-``dataset.category=all``: :func:`expand_all_categories`), and which keys change a job's results.
+``dataset.category=all``: :mod:`ulsad_bench.categories`), and which keys change a job's results.
 
 One definition, :data:`NON_RESULT_KEYS`, serves the three places that must agree on it:
 
@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
@@ -139,9 +140,6 @@ def compose(overrides: Iterable[str] = (), return_hydra_config: bool = False) ->
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import ulsad_bench  # noqa: F401  (registers the resolvers)
-
-    os.environ.setdefault("ULSAD_BENCH_ROOT", str(REPO))
     searchpath = f"hydra.searchpath=['{EXPERIMENTS_DIR.as_uri()}']"
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(
@@ -176,25 +174,93 @@ def fixed_overrides(argv: Iterable[str], keep_category: bool = False) -> list[st
     return fixed
 
 
-def dataset_categories(overrides: list[str]) -> list[str]:
-    """Every category of the dataset that the config composed with ``overrides`` names (an
-    ``+experiment=`` preset may choose the dataset)."""
-    from .data import categories_of, with_category
-
-    cfg = compose(overrides)
-    return categories_of(with_category(cfg.dataset, "all"))
+# --------------------------------------------------------------------- a sweep's configs, as run.py -m makes them
 
 
-def expand_all_categories(argv: list[str]) -> list[str]:
-    """Command-line arguments with ``dataset.category=all`` replaced by the dataset's categories.
+class ConfigError(ValueError):
+    """Hydra cannot compose a job of a sweep (the sweep itself would stop before launching any)."""
 
-    The dataset is the one the whole command line composes to (``dataset=``, or a preset's), so
-    every override takes part; sweeps over other keys do not change it, and a sweep over the
-    dataset itself is refused (its categories differ). The result is a multirun (``-m`` is
-    added when missing).
-    """
-    if "dataset.category=all" not in argv:
-        return list(argv)
-    categories = ",".join(dataset_categories(fixed_overrides(argv)))
-    expanded = [f"dataset.category={categories}" if a == "dataset.category=all" else a for a in argv]
-    return expanded if {"-m", "--multirun"} & set(expanded) else ["-m", *expanded]
+
+@contextmanager
+def in_repo() -> Iterator[None]:
+    """The block runs in the repository (``make sweep`` runs ``run.py`` there)."""
+    before = os.getcwd()
+    os.chdir(REPO)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@contextmanager
+def hydra_app() -> Iterator[Any]:
+    """Hydra set up as ``run.py``'s ``@hydra.main`` sets it up (``conf/``, job name ``run``, the
+    working directory at the repository); yields Hydra's ``Hydra`` object."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with in_repo(), initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="run"):
+        yield GlobalHydra.instance().hydra
+
+
+def master_config(hydra: Any, overrides: Sequence[str]) -> DictConfig:
+    """The multirun's master config, composed as ``run.py -m`` composes it."""
+    from hydra.types import RunMode
+
+    return hydra.compose_config(config_name="config", overrides=list(overrides), run_mode=RunMode.MULTIRUN)
+
+
+def compose_sweep_job(
+    hydra: Any, master: DictConfig, index: int, overrides: Sequence[str]
+) -> tuple[DictConfig, Path, str | None]:
+    """``(config, run folder, problem)`` of one job: composed as the launcher composes it
+    (``load_sweep_config``), the folder resolved as ``run_job`` resolves it (``hydra.sweep.dir``
+    joined with ``hydra.sweep.subdir``, with the job's Hydra config set), and the config the task
+    function receives (the ``hydra`` node removed), resolved; ``problem``: why it cannot be
+    resolved (the job would fail on it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        sweep_config = hydra.config_loader.load_sweep_config(master, list(overrides))
+    except Exception as err:
+        raise ConfigError(
+            f"Hydra cannot compose job #{index} ({' '.join(overrides)}): {type(err).__name__}: {err}; "
+            "the sweep would stop before launching any job"
+        ) from err
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = index  # as the basic launcher
+        sweep_config.hydra.job.num = index
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(sweep_config)
+    problem = None
+    try:
+        output_dir = str(OmegaConf.select(sweep_config, "hydra.sweep.dir"))
+        output_dir = os.path.join(output_dir, str(OmegaConf.select(sweep_config, "hydra.sweep.subdir")))
+        task = sweep_config  # run_job deletes the node from a copy; this config is the plan's alone
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        try:
+            OmegaConf.resolve(task)
+        except Exception as err:  # the job meets the same error when it resolves its config
+            problem = f"its config cannot be resolved: {type(err).__name__}: {err}"
+    finally:
+        HydraConfig.instance().cfg = previous
+    return task, Path(os.path.abspath(output_dir)), problem
+
+
+# --------------------------------------------------------------------- what conf/config.yaml resolves
+
+
+def _variant_suffix(variant: object) -> str:
+    return "" if variant in (None, "", "null") else f"-{variant}"
+
+
+# conf/config.yaml finds the presets in <repo>/experiments through this, from any directory.
+os.environ.setdefault("ULSAD_BENCH_ROOT", str(REPO))
+for _name, _resolver in (
+    ("variant_suffix", _variant_suffix),
+    ("run_subdir", lambda overrides: run_subdir(list(overrides or []))),
+    ("device_type", device_type),
+):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)

@@ -34,20 +34,24 @@ import json
 import os
 import re
 import statistics
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, REPO, expand_all_categories
+from .categories import expand_all_categories
+from .config import REPO, compose_sweep_job, hydra_app, master_config
+from .data import DatasetError, Sample, Splits
+from .environment import describe_device, resolve_device, versions
+from .features import cache_entries
 from .joblock import LOCK_NAME
+from .launch import sweep_command
+from .outcomes import format_duration
+from .protocol import Protocol, apply_to_splits
 from .records import RECORD_NAME, config_hash, find_records, inspect_record, is_attempt, resume_check, resume_mode
-
-if TYPE_CHECKING:
-    from .data import Sample, Splits
+from .runner import center_crop_of, job_splits, model_class, model_image_size, resize_of, validate_job
 
 #: the parts of a record's ``timing`` that make up a job's time
 TIMING_KEYS = ("load_s", "fit_s", "predict_s", "profile_s", "metrics_s")
@@ -60,40 +64,6 @@ LISTED_JOBS = 20
 class PlanError(ValueError):
     """The sweep cannot be planned: Hydra cannot compose one of its jobs (the sweep itself would
     stop before launching any), or its sweeper is not Hydra's basic sweeper."""
-
-
-# ----------------------------------------------------------------------------- Hydra, as run.py -m sets it up
-
-
-@contextmanager
-def in_repo() -> Iterator[None]:
-    """The block runs in the repository (``make sweep`` runs ``run.py`` there)."""
-    before = os.getcwd()
-    os.chdir(REPO)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-@contextmanager
-def hydra_app() -> Iterator[Any]:
-    """Hydra set up as ``run.py``'s ``@hydra.main`` sets it up (``conf/``, job name ``run``, the
-    working directory at the repository); yields Hydra's ``Hydra`` object."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    import ulsad_bench  # noqa: F401  (the config resolvers, ULSAD_BENCH_ROOT for the presets' search path)
-
-    with in_repo(), initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="run"):
-        yield GlobalHydra.instance().hydra
-
-
-def master_config(hydra: Any, overrides: Sequence[str]) -> DictConfig:
-    """The multirun's master config, composed as ``run.py -m`` composes it."""
-    from hydra.types import RunMode
-
-    return hydra.compose_config(config_name="config", overrides=list(overrides), run_mode=RunMode.MULTIRUN)
 
 
 @dataclass(frozen=True)
@@ -205,9 +175,6 @@ class Lister:
         self.devices: dict[str, str | None] = {}
 
     def listing(self, cfg: DictConfig) -> Listing:
-        from .data import DatasetError
-        from .protocol import Protocol
-        from .runner import job_splits, model_class
 
         key = json.dumps(
             [
@@ -228,7 +195,6 @@ class Lister:
         return self.listings[key]
 
     def device(self, cfg: DictConfig) -> str | None:
-        from .environment import describe_device, resolve_device
 
         name = str(cfg.device)
         if name not in self.devices:
@@ -239,53 +205,13 @@ class Lister:
         return self.devices[name]
 
 
-def job_config(
-    hydra: Any, master: DictConfig, index: int, overrides: Sequence[str]
-) -> tuple[DictConfig, Path, str | None]:
-    """``(config, run folder, problem)`` of one job: composed as the launcher composes it
-    (``load_sweep_config``), the folder resolved as ``run_job`` resolves it (``hydra.sweep.dir``
-    joined with ``hydra.sweep.subdir``, with the job's Hydra config set), and the config the task
-    function receives (the ``hydra`` node removed), resolved; ``problem``: why it cannot be
-    resolved (the job would fail on it)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        sweep_config = hydra.config_loader.load_sweep_config(master, list(overrides))
-    except Exception as err:
-        raise PlanError(
-            f"Hydra cannot compose job #{index} ({' '.join(overrides)}): {type(err).__name__}: {err}; "
-            "the sweep would stop before launching any job"
-        ) from err
-    with open_dict(sweep_config):
-        sweep_config.hydra.job.id = index  # as the basic launcher
-        sweep_config.hydra.job.num = index
-    previous = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(sweep_config)
-    problem = None
-    try:
-        output_dir = str(OmegaConf.select(sweep_config, "hydra.sweep.dir"))
-        output_dir = os.path.join(output_dir, str(OmegaConf.select(sweep_config, "hydra.sweep.subdir")))
-        task = sweep_config  # run_job deletes the node from a copy; this config is the plan's alone
-        with read_write(task), open_dict(task):
-            del task["hydra"]
-        try:
-            OmegaConf.resolve(task)
-        except Exception as err:  # the job meets the same error when it resolves its config
-            problem = f"its config cannot be resolved: {type(err).__name__}: {err}"
-    finally:
-        HydraConfig.instance().cfg = previous
-    return task, Path(os.path.abspath(output_dir)), problem
-
-
 def plan_job(
     hydra: Any, master: DictConfig, index: int, overrides: Sequence[str], versions_now: dict[str, Any], lister: Lister
 ) -> PlannedJob:
     """One job and the decision it would take: the checks of :func:`ulsad_bench.runner.run`
     before it runs anything (its settings, then ``resume_check`` on the record in its folder)."""
-    from .protocol import Protocol, apply_to_splits
-    from .runner import validate_job
 
-    task, run_dir, problem = job_config(hydra, master, index, overrides)
+    task, run_dir, problem = compose_sweep_job(hydra, master, index, overrides)
     model = str(OmegaConf.select(task, "model.name", default="?", throw_on_resolution_failure=False))
     job = PlannedJob(index, list(overrides), run_dir, None if problem else task, model, done=False, reason="")
     if problem:
@@ -496,8 +422,6 @@ def job_cache_entries(
     ``feature_cache=false`` writes no model entries. What is left out and why goes to ``notes``.
     """
     from .models.ulsad.model import TRAINED_BY
-    from .protocol import Protocol
-    from .runner import center_crop_of, model_image_size, resize_of
 
     entries: dict[str, dict[str, int]] = {}
     size, resize = int(cfg.dataset.image_size), resize_of(cfg)
@@ -622,7 +546,6 @@ class SweepPlan:
 
 def sweep_overrides(args: dict[str, str], extra: list[str], categories: list[str] | None = None) -> list[str]:
     """The overrides ``run.py -m`` receives from ``make sweep`` (after its ``dataset.category=all`` expansion)."""
-    from .sweep import sweep_command
 
     command = sweep_command(args, extra, categories)
     return expand_all_categories(["-m", *command[3:]])[1:]
@@ -634,8 +557,6 @@ def make_plan(
     """The plan of ``make sweep`` with these arguments; runs nothing, starts no launcher.
     ``sources``: where to look for records to time the jobs by (default: the results folder,
     then ``outputs/``)."""
-    from .environment import versions
-    from .features import cache_entries
 
     overrides = sweep_overrides(args, extra, categories)
     with hydra_app() as hydra:
@@ -683,7 +604,6 @@ def format_bytes(n: float) -> str:
 
 
 def _seconds(value: float) -> str:
-    from .sweep import format_duration
 
     return f"{value:.1f}s" if value < 60 else format_duration(value)
 

@@ -40,6 +40,7 @@ from .joblock import JobLock, describe_holder
 from .metrics import evaluate
 from .models.backbone import BackboneSpec, resolve_backbone
 from .models.base import AnomalyModel, Prediction, RunContext
+from .outcomes import write_outcome
 from .profiling import profile_inference
 from .protocol import EpochSelection, Protocol, apply_to_splits
 from .records import (
@@ -53,7 +54,6 @@ from .records import (
     summary_line,
     write_record,
 )
-from .sweep import write_outcome
 
 log = logging.getLogger("ulsad_bench")
 

@@ -31,14 +31,12 @@ jobs, those already done, the time and the cache disk they will take (:mod:`ulsa
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,93 +44,28 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .artifacts import write_json_atomic
-from .config import REPO, compose, dataset_categories, fixed_overrides
+from .config import REPO, compose
+from .data import DatasetError, dataset_root, with_category
+from .data.__main__ import check_category
+from .launch import (
+    ARGUMENTS,
+    SweepArgumentError,
+    job_overrides,
+    models_of,
+    parse_arguments,
+    plan_requested,
+    sweep_categories,
+    sweep_command,
+)
+from .outcomes import SWEEP_ID_ENV, format_progress, format_summary, summarize_sweep, sweep_info_path, sweep_progress
+from .plan import expand_sweep, format_plan, jobs_at_once, make_plan
+from .runner import check_inputs
 
-SWEEP_ID_ENV = "ULSAD_BENCH_SWEEP_ID"
-OUTCOMES_DIR = ".outcomes"
-#: ``<sweep dir>/.sweeps/<sweep id>.json``: the sweep's total, jobs at once and start (progress lines)
-SWEEPS_DIR = ".sweeps"
-OUTCOMES = ("ran", "skipped", "failed", "missing", "locked")
 #: the outcome of the last multirun of this process (``run.py`` exits non-zero on failures)
 LAST_OUTCOME: dict[str, list[str]] | None = None
 
 
-# ----------------------------------------------------------------------------- outcomes of one sweep
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
-def write_outcome(run_dir: Path, outcome: str, detail: str = "") -> None:
-    """Called by the runner when every job of a multirun starts (``started``) and ends (no-op
-    outside one). The end keeps the start's time (``started``): the job's duration."""
-    sweep_id = os.environ.get(SWEEP_ID_ENV)
-    if not sweep_id:
-        return
-    path = Path(run_dir) / OUTCOMES_DIR / f"{sweep_id}.json"
-    now = time.time()
-    payload: dict[str, Any] = {"outcome": outcome, "detail": detail, "pid": os.getpid(), "time": now}
-    if outcome == "started":
-        payload["started"] = now
-    else:
-        previous = _read_json(path) or {}
-        if previous.get("outcome") == "started":
-            payload["started"] = previous.get("started", previous.get("time"))
-    write_json_atomic(path, payload)
-
-
-def _outcome_files(sweep_dir: Path, sweep_id: str) -> list[tuple[Path, dict[str, Any]]]:
-    """``(run folder, payload)`` of every outcome file of sweep ``sweep_id`` under ``sweep_dir``;
-    an unreadable file reads as ``missing``."""
-    found = []
-    for path in sorted(Path(sweep_dir).rglob(f"{OUTCOMES_DIR}/{sweep_id}.json")):
-        payload = _read_json(path)
-        if payload is None:
-            payload = {"outcome": "missing", "detail": f"unreadable outcome file {path}"}
-        found.append((path.parent.parent, payload))
-    return found
-
-
-def summarize_sweep(sweep_dir: Path, sweep_id: str) -> dict[str, list[str]]:
-    """What happened to the jobs of sweep ``sweep_id``: one outcome file per job of this sweep
-    (written ``started`` when the job begins, then its end); a job still ``started`` when the
-    sweep ends was killed (``missing``). Other sweeps' jobs in the same folder are not counted."""
-    outcome: dict[str, list[str]] = {name: [] for name in OUTCOMES}
-    sweep_dir = Path(sweep_dir)
-    for run_dir, payload in _outcome_files(sweep_dir, sweep_id):
-        label = str(run_dir.relative_to(sweep_dir))
-        name = payload.get("outcome") if payload.get("outcome") in OUTCOMES else "missing"
-        detail = payload.get("detail") or ""
-        outcome[name].append(f"{label}: {detail}" if detail and name in ("failed", "locked") else label)
-    return outcome
-
-
-def format_summary(outcome: dict[str, list[str]]) -> str:
-    lines = [
-        f"sweep summary: {len(outcome['ran'])} ran, {len(outcome['skipped'])} skipped (already done), "
-        f"{len(outcome['failed'])} failed, {len(outcome['missing'])} missing (killed before the end), "
-        f"{len(outcome['locked'])} left to another process (running there)"
-    ]
-    lines += [f"  FAILED  {item}" for item in outcome["failed"]]
-    lines += [f"  MISSING {item}" for item in outcome["missing"]]
-    lines += [f"  BUSY    {item}" for item in outcome["locked"]]
-    return "\n".join(lines)
-
-
-def sweep_failed(outcome: dict[str, list[str]]) -> bool:
-    return bool(outcome["failed"] or outcome["missing"])
-
-
 # ----------------------------------------------------------------------------- progress of one sweep
-
-
-def sweep_info_path(sweep_dir: Path, sweep_id: str) -> Path:
-    return Path(sweep_dir) / SWEEPS_DIR / f"{sweep_id}.json"
 
 
 def _config_loader() -> Any:
@@ -149,8 +82,6 @@ def write_sweep_info(config: DictConfig, sweep_id: str) -> dict[str, Any]:
     jobs (Hydra's expansion of ``hydra.sweeper.params`` and the command line,
     :func:`ulsad_bench.plan.expand_sweep`; null when it cannot be known), the jobs the launcher
     runs at once and the start time. Read by every job's progress line, in whichever process."""
-    from .plan import expand_sweep, jobs_at_once
-
     total: int | None = None
     at_once = 1
     try:
@@ -161,84 +92,6 @@ def write_sweep_info(config: DictConfig, sweep_id: str) -> dict[str, Any]:
     info = {"sweep_id": sweep_id, "total": total, "jobs_at_once": at_once, "started": time.time()}
     write_json_atomic(sweep_info_path(Path(str(config.hydra.sweep.dir)), sweep_id), info)
     return info
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where sweep ``sweep_id`` stands: finished jobs by outcome, the total (None: unknown),
-    seconds since its start and the estimated seconds left (None: unknown)."""
-
-    total: int | None
-    finished: dict[str, int]
-    running: int
-    elapsed_s: float
-    left_s: float | None
-
-    @property
-    def done(self) -> int:
-        return sum(self.finished.values())
-
-
-FINISHED = ("ran", "skipped", "failed", "locked")
-_PROGRESS_LABELS = (("skipped", "skipped"), ("failed", "failed"), ("locked", "left to another process"))
-
-
-def sweep_progress(sweep_dir: Path, sweep_id: str, now: float | None = None) -> Progress:
-    """Count this sweep's finished jobs (their outcome files) and estimate what is left: the
-    mean duration of the finished jobs x the jobs left / the jobs run at once."""
-    now = time.time() if now is None else now
-    info = _read_json(sweep_info_path(sweep_dir, sweep_id)) or {}
-    finished = dict.fromkeys(FINISHED, 0)
-    durations: list[float] = []
-    starts: list[float] = []
-    running = 0
-    for _, payload in _outcome_files(sweep_dir, sweep_id):
-        name = payload.get("outcome")
-        started = payload.get("started")
-        if isinstance(started, (int, float)):
-            starts.append(float(started))
-        if name not in finished:
-            if name == "started":
-                running += 1
-            continue
-        finished[name] += 1
-        end = payload.get("time")
-        if isinstance(started, (int, float)) and isinstance(end, (int, float)):
-            durations.append(max(0.0, float(end) - float(started)))
-    start = info.get("started") if isinstance(info.get("started"), (int, float)) else min(starts, default=now)
-    total = info.get("total") if isinstance(info.get("total"), int) else None
-    done = sum(finished.values())
-    left_s: float | None = None
-    if total is not None and done >= total:
-        left_s = 0.0
-    elif total is not None and durations:
-        left = total - done
-        at_once = max(1, min(int(info.get("jobs_at_once") or 1), left))
-        left_s = sum(durations) / len(durations) * left / at_once
-    return Progress(total, finished, running, max(0.0, now - float(start)), left_s)
-
-
-def format_duration(seconds: float, rough: bool = False) -> str:
-    """``42s``, ``4m12s``, ``1h05m`` (``rough``: ``~4m``)."""
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m" if rough else f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def format_progress(progress: Progress) -> str:
-    """``[sweep] 7/20 done (2 skipped, 1 failed), 4m12s elapsed, ~8m left``."""
-    counted = f"{progress.done}/{progress.total}" if progress.total is not None else f"{progress.done}"
-    details = [f"{progress.finished[name]} {label}" for name, label in _PROGRESS_LABELS if progress.finished[name]]
-    line = f"[sweep] {counted} done" + (f" ({', '.join(details)})" if details else "")
-    line += f", {format_duration(progress.elapsed_s)} elapsed"
-    if progress.left_s is not None and progress.left_s > 0:
-        line += f", ~{format_duration(progress.left_s, rough=True)} left"
-    return line
 
 
 class SweepSummary(Callback):
@@ -280,113 +133,14 @@ class SweepSummary(Callback):
 
 # ----------------------------------------------------------------------------- make sweep
 
-#: the arguments of ``python -m ulsad_bench.sweep`` (``make sweep``'s variables in brackets)
-ARGUMENTS = {
-    "dataset": "dataset config name (DATASET), e.g. mvtec, visa, mvtec_loco, mpdd, btad, synthetic",
-    "models": "comma-separated models (MODELS)",
-    "seeds": "comma-separated seeds (SEEDS)",
-    "results": "output folder (RESULTS)",
-    "n_jobs": "jobs at once with the parallel launcher (N_JOBS)",
-    "root": "the dataset's folder (DATASET_ROOT)",
-    "categories": "comma-separated categories (default: all of the dataset's)",
-    "launcher": "basic | parallel | gpus (one job per GPU, Ray) | slurm | subprocess (LAUNCHER)",
-    "plan": "1: print the plan (jobs, already done, time, cache disk) and launch nothing (PLAN)",
-}
-DEFAULT_MODELS = "ulsad,patchcore,padim,efficientad,dfr"
-
-
-class SweepArgumentError(ValueError):
-    """A ``make sweep`` argument is unknown or malformed."""
-
-
-def parse_arguments(own: list[str]) -> dict[str, str]:
-    """``key=value`` arguments, each key one of :data:`ARGUMENTS`; empty values mean unset."""
-    args: dict[str, str] = {}
-    for item in own:
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or key not in ARGUMENTS:
-            hint = f" (did you mean {key}s=?)" if f"{key}s" in ARGUMENTS else ""
-            raise SweepArgumentError(
-                f"unknown argument {item!r}{hint}: expected key=value with key one of {', '.join(ARGUMENTS)}; "
-                "Hydra overrides for every job go after '--' (make sweep ARGS=\"model.epochs=2\")"
-            )
-        if value:
-            args[key] = value
-    return args
-
-
-def plan_requested(args: dict[str, str]) -> bool:
-    """Whether ``plan=`` asks for the plan only (``1``, ``true``, ``yes``; ``0``, ``false``, ``no``: launch)."""
-    value = args.get("plan", "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise SweepArgumentError(f"plan={args['plan']!r}: expected 1 (print the plan, launch nothing) or 0")
-
-
-def hydra_quote(value: str) -> str:
-    """A value as a Hydra override takes it verbatim (spaces, commas, quotes)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _models(args: dict[str, str]) -> list[str]:
-    return args.get("models", DEFAULT_MODELS).split(",")
-
-
-def _base_overrides(args: dict[str, str], extra: list[str]) -> list[str]:
-    """``dataset=``, ``dataset.root=`` and ``extra``, to compose the sweep's config with."""
-    overrides = [f"dataset={args.get('dataset', 'synthetic')}"]
-    if args.get("root"):
-        overrides.append(f"dataset.root={hydra_quote(args['root'])}")
-    return overrides + list(extra)
-
-
-def _job_overrides(args: dict[str, str], extra: list[str]) -> list[str]:
-    """What one job of the sweep composes with: the first model, the dataset, the fixed extras."""
-    return [f"model={_models(args)[0]}", *fixed_overrides(_base_overrides(args, extra))]
-
-
-def sweep_categories(args: dict[str, str], extra: list[str]) -> list[str]:
-    if args.get("categories"):
-        return args["categories"].split(",")
-    return dataset_categories(_job_overrides(args, extra))
-
-
-def sweep_command(args: dict[str, str], extra: list[str], categories: list[str] | None = None) -> list[str]:
-    categories = categories or sweep_categories(args, extra)
-    launcher = args.get("launcher") or ("parallel" if int(args.get("n_jobs", "1")) > 1 else "basic")
-    base = _base_overrides(args, [])
-    command = [
-        sys.executable,
-        str(REPO / "run.py"),
-        "-m",
-        f"model={','.join(_models(args))}",
-        base[0],
-        f"dataset.category={','.join(categories)}",
-        f"seed={args.get('seeds', '0,1,2,3,4')}",
-        f"output_root={args.get('results', 'outputs')}",
-        f"hydra/launcher={launcher}",
-        *base[1:],
-    ]
-    if launcher == "parallel":
-        command.append(f"hydra.launcher.n_jobs={args.get('n_jobs', '2')}")
-    return command + extra
-
 
 def preflight(args: dict[str, str], extra: list[str], categories: list[str]) -> list[str]:
     """Problems that would fail every job, found before any job is launched: the dataset (every
     category checked as ``python -m ulsad_bench.data`` does) and each model's weights and files.
     Returns one message per problem (empty: go)."""
-    from .data import DatasetError, dataset_root, with_category
-    from .data.__main__ import check_category
-    from .runner import check_inputs
-
     dataset = args.get("dataset", "synthetic")
-    overrides = _job_overrides(args, extra)[1:]
-    cfg = compose(_job_overrides(args, extra))
+    overrides = job_overrides(args, extra)[1:]
+    cfg = compose(job_overrides(args, extra))
     problems: list[str] = []
     try:
         dataset_root(cfg.dataset, Path(str(cfg.cache_dir)))
@@ -403,7 +157,7 @@ def preflight(args: dict[str, str], extra: list[str], categories: list[str]) -> 
         except DatasetError as err:
             problems.append(f"dataset {dataset}/{category}: {err}")
     by_message: dict[str, list[str]] = {}  # one message for the models that share a missing file
-    for model in _models(args):
+    for model in models_of(args):
         try:
             check_inputs(compose([f"model={model}", *overrides]))
         except Exception as err:  # the message names the file and the setting
@@ -434,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_arguments(own)
         categories = sweep_categories(args, extra)
         if plan_requested(args):
-            from .plan import format_plan, make_plan
-
             print(format_plan(make_plan(args, extra, categories)), flush=True)
             return 0
         problems = preflight(args, extra, categories)

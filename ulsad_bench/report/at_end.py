@@ -11,6 +11,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from .build import main
+
 
 class WriteReport(Callback):
     """At the end of a multirun: the report of every record under the sweep's folder."""
@@ -19,6 +21,4 @@ class WriteReport(Callback):
         self.out = out
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        from . import main
-
         main([str(config.hydra.sweep.dir), "--out", self.out])
