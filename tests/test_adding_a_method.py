@@ -26,6 +26,7 @@ from ulsad_bench.models.backbone import BackboneSpec, WeightsInfo
 from ulsad_bench.models.base import AnomalyModel, RunContext
 from ulsad_bench.report.build import main as report_main
 from ulsad_bench.report.naming import method_name
+from ulsad_bench.spec import model_from_config
 
 REPO = Path(__file__).resolve().parent.parent
 GUIDE = REPO / "docs" / "adding-a-method.md"
@@ -68,13 +69,13 @@ def test_config_names_the_example_class() -> None:
     cls = get_class(str(config._target_))
     assert issubclass(cls, AnomalyModel)
     assert config.name == cls.name == "knn_patch"
-    model = runner.build_model(config)  # every other key is an __init__ argument
+    model = model_from_config(config)  # every other key is an __init__ argument
     assert model.hyperparameters() == {"layers": ["layer2", "layer3"], "bank_size": None}
 
 
 def test_model_contract_on_random_images() -> None:
     """setup / fit / predict as the guide states them: shapes, dtypes, a buffer memory bank."""
-    model = runner.build_model(OmegaConf.load(EXAMPLE_CONFIG))
+    model = model_from_config(OmegaConf.load(EXAMPLE_CONFIG))
     spec = BackboneSpec("resnet18", WeightsInfo(policy="random", random_init_seed=0))
     ctx = RunContext(torch.device("cpu"), 0, 32, spec, FeatureCache(None, enabled=False), progress=False)
     model.setup(ctx)

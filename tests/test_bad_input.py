@@ -11,6 +11,7 @@ from PIL import Image
 
 from tests.conftest import compose_config
 from ulsad_bench import runner
+from ulsad_bench import spec as spec_module
 from ulsad_bench.data import DatasetError, Sample, read_image, read_mask
 from ulsad_bench.data.folder import read_category
 
@@ -71,7 +72,7 @@ def test_settings_out_of_range_fail_before_any_data_is_read(
     def no_data(*_args, **_kwargs):
         raise AssertionError("data must not be read for a job with a bad setting")
 
-    monkeypatch.setattr(runner, "build_splits", no_data)
+    monkeypatch.setattr(spec_module, "build_splits", no_data)  # where a job lists its data (its spec)
     monkeypatch.setattr(runner, "load_data", no_data)
     record = runner.run(tiny_cfg(*overrides), tmp_path / "run")
     assert record["status"] == "failed"

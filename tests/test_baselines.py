@@ -34,6 +34,7 @@ from ulsad_bench.models.efficientad import EfficientAd
 from ulsad_bench.models.efficientad.penalty import penalty_files
 from ulsad_bench.models.efficientad.teacher import channel_mean_var, embed_patch_features
 from ulsad_bench.records import RECORD_NAME
+from ulsad_bench.spec import JobSpec
 
 REPO = Path(__file__).resolve().parent.parent
 # a few steps at 256 px: enough to detect the synthetic defects, cheap on two CPU cores
@@ -52,8 +53,8 @@ def run_and_keep_model(cfg, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> t
     built: list[AnomalyModel] = []
     build = runner.build_model
 
-    def keep(model_cfg):
-        built.append(build(model_cfg))
+    def keep(spec):
+        built.append(build(spec))
         return built[-1]
 
     monkeypatch.setattr(runner, "build_model", keep)
@@ -65,7 +66,8 @@ def run_and_keep_model(cfg, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> t
 def check_predictions(model: AnomalyModel, cfg, run_dir: Path, map_size: int) -> None:
     """Raw maps ``[B, s, s]`` and scores ``[B]`` are finite; the harness's maps are at the size the model
     sees (the image size, or its centre crop)."""
-    _, _, _, test = runner.load_data(cfg)
+    spec = JobSpec.from_config(cfg)
+    _, _, test = runner.load_data(spec, spec.data.splits())
     images = test.float_images(slice(0, 3))
     with torch.inference_mode():
         out = model.predict(images)
@@ -73,7 +75,7 @@ def check_predictions(model: AnomalyModel, cfg, run_dir: Path, map_size: int) ->
     assert out.scores.shape == (3,)
     assert torch.isfinite(out.maps).all() and torch.isfinite(out.scores).all()
     saved = np.load(run_dir / "maps.npz")
-    size = runner.model_image_size(cfg)
+    size = spec.data.model_image_size
     assert saved["map"].shape[1:] == (size, size) and np.isfinite(saved["map"]).all()
 
 

@@ -14,9 +14,9 @@ from ulsad_bench import bench, runner
 def test_bench_writes_efficiency_report(tmp_path: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
 
-    def prepare(cfg, *args):  # bench builds its jobs with the runner's one pipeline
-        seen.append(cfg)
-        return runner.prepare(cfg, *args)
+    def prepare(spec, *args):  # bench builds its jobs with the runner's one pipeline, from their specs
+        seen.append(spec)
+        return runner.prepare(spec, *args)
 
     monkeypatch.setattr(bench, "prepare", prepare)
     code = bench.main(
@@ -40,12 +40,12 @@ def test_bench_writes_efficiency_report(tmp_path: Path, shared_cache: Path, monk
     )
     assert code == 0
     # ULSAD twice (features precomputed, then recomputed per batch), PaDiM once; all with the job's seed
-    assert [(c.model.name, c.model.get("precompute_features")) for c in seen] == [
+    assert [(s.model, s.model_settings.get("precompute_features")) for s in seen] == [
         ("ulsad", True),
         ("ulsad", False),
         ("padim", None),
     ]
-    assert all(c.seed == 3 and c.dataset.image_size == 64 for c in seen) and seen[0].model.feature_dim == 16
+    assert all(s.seed == 3 and s.data.image_size == 64 for s in seen) and seen[0].model_settings["feature_dim"] == 16
     report = json.loads((tmp_path / "efficiency.json").read_text())
     assert report["image_size"] == 64 and report["train_images"] == 8
     for name in ("ulsad", "padim"):
@@ -109,7 +109,7 @@ def test_every_timed_job_runs_with_the_same_kernel_settings(monkeypatch: pytest.
 
     from ulsad_bench.environment import seed_everything
 
-    def prepare(cfg):
+    def prepare(spec):
         seed_everything(0, deterministic=True)  # as runner.prepare does
         return SimpleNamespace(device=torch.device("cuda"))
 

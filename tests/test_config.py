@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
 from ulsad_bench.config import CONF_DIR, EXPERIMENTS_DIR
+from ulsad_bench.spec import model_from_config
 
 GROUPS = ["model", "dataset", "backbone", "logger", "protocol"]
 CHOICES = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONF_DIR) / g).glob("*.yaml"))]
@@ -37,11 +38,9 @@ PRESETS = sorted(p.stem for p in (EXPERIMENTS / "experiment").glob("*.yaml"))
 
 @pytest.mark.parametrize("row", ROWS)
 def test_every_ablation_row_builds_a_valid_ulsad(row: str) -> None:
-    from ulsad_bench.runner import build_model
-
     cfg = compose_config(["model=ulsad", f"+ablation={row}"])
     assert cfg.variant == f"t3-{row}"
-    model = build_model(cfg.model)
+    model = model_from_config(cfg.model)
     assert model.loss_pg in ("attention", "l2", "none")
 
 
@@ -62,15 +61,13 @@ def test_every_experiment_preset_composes(preset: str) -> None:
 
 @pytest.mark.parametrize("group", ["demo", "bench"])
 def test_every_demo_and_bench_preset_composes_to_its_model(group: str) -> None:
-    from ulsad_bench.runner import build_model
-
     presets = sorted(p.stem for p in (EXPERIMENTS / group).glob("*.yaml"))
     assert {"ulsad", "padim", "patchcore", "dfr", "efficientad"} <= set(presets)
     for preset in presets:
         cfg = compose_config([f"+{group}={preset}"])
         OmegaConf.resolve(cfg)
         if preset != "table4":
-            assert cfg.model.name == preset and build_model(cfg.model).name == preset
+            assert cfg.model.name == preset and model_from_config(cfg.model).name == preset
     bench = compose_config(["+bench=ulsad"])
     assert (bench.dataset.image_size, bench.backbone.name, bench.profile.batch_size) == (256, "wide_resnet50_2", 32)
     assert compose_config(["+demo=ulsad"]).model.feature_dim == 128

@@ -24,6 +24,7 @@ from ulsad_bench.models.dfr.torch_model import (
     resize_pool_matrix,
     vgg19_plan,
 )
+from ulsad_bench.spec import JobSpec
 
 RANDOM_VGG = BackboneSpec("vgg19", resolve_weights("vgg19", "random"))
 # Plumbing runs: DFR's first two VGG levels only (384 channels), profiling off.
@@ -145,7 +146,7 @@ def test_config_errors_are_refused() -> None:
 
 def _fitted(tiny_cfg, cache: FeatureCache | None, *overrides: str) -> tuple[Dfr, dict]:
     """A DFR built from the real config and fitted on the tiny train split (no predictions)."""
-    job = runner.prepare(tiny_cfg(*SMALL_DFR, *overrides))
+    job = runner.prepare(JobSpec.from_config(tiny_cfg(*SMALL_DFR, *overrides)))
     model = job.model
     assert isinstance(model, Dfr)
     if cache is not None:
@@ -159,7 +160,8 @@ def test_loss_decreases_and_on_the_fly_equals_cached(tiny_cfg) -> None:
     assert len(losses) == 4 and losses[-1] < 0.8 * losses[0]
     assert all(b < a for a, b in itertools.pairwise(losses))
     model.max_cache_gb = 0.0  # the authors' way: the backbone runs on every batch of every epoch
-    _, train, val, _ = runner.load_data(tiny_cfg(*SMALL_DFR))
+    spec = JobSpec.from_config(tiny_cfg(*SMALL_DFR))
+    train, val, _ = runner.load_data(spec, spec.data.splits())
     fly = model.fit(train, val)
     assert (cached["features"], fly["features"]) == ("cached", "on_the_fly")
     assert fly["loss_per_epoch"] == pytest.approx(losses, rel=1e-4)  # same init, same batches, same features
@@ -212,6 +214,6 @@ def test_bf16_job_runs_under_the_precision_policy(tiny_cfg, tmp_path) -> None:
     record = runner.run(tiny_cfg(*SMALL_DFR, "model.epochs=1", "precision=bf16"), tmp_path / "run")
     assert record["status"] == "ok", record.get("error")
     assert record["precision"] == "bf16" and record["fit"]["features"] == "cached"
-    job = runner.prepare(tiny_cfg(*SMALL_DFR))
-    bf16 = runner.prepare(tiny_cfg(*SMALL_DFR, "precision=bf16"))
+    job = runner.prepare(JobSpec.from_config(tiny_cfg(*SMALL_DFR)))
+    bf16 = runner.prepare(JobSpec.from_config(tiny_cfg(*SMALL_DFR, "precision=bf16")))
     assert job.model._feature_key(job.train) != bf16.model._feature_key(bf16.train)

@@ -20,6 +20,7 @@ from ulsad_bench import runner
 from ulsad_bench.data import read_image, read_mask
 from ulsad_bench.data.sample import Sample
 from ulsad_bench.models.efficientad.teacher import TeacherWeightsNotFoundError
+from ulsad_bench.spec import JobSpec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,9 +59,10 @@ def test_models_without_validation_train_on_every_training_image(
     model: str, uses_validation: bool, tmp_path: Path, shared_cache: Path
 ) -> None:
     root = tiny_mvtec(tmp_path / "data")  # 10 training images, no validation folder
-    splits = runner.job_splits(mvtec_cfg(root, shared_cache, f"model={model}"))
+    splits = JobSpec.from_config(mvtec_cfg(root, shared_cache, f"model={model}")).data.splits()
     assert (len(splits.train), len(splits.val)) == ((9, 1) if uses_validation else (10, 0))
-    kept = runner.job_splits(mvtec_cfg(root, shared_cache, f"model={model}", "dataset.validation_for_all=true"))
+    kept_cfg = mvtec_cfg(root, shared_cache, f"model={model}", "dataset.validation_for_all=true")
+    kept = JobSpec.from_config(kept_cfg).data.splits()
     assert (len(kept.train), len(kept.val)) == (9, 1)
 
 
@@ -83,7 +85,7 @@ def test_ulsad_trains_on_49_images_dropping_the_partial_batch(tmp_path: Path, sh
 
 
 def test_ulsad_quantiles_are_taken_on_the_blurred_maps(tiny_cfg) -> None:
-    job = runner.prepare(tiny_cfg("model=ulsad", "model.feature_dim=16", "model.epochs=1"))
+    job = runner.prepare(JobSpec.from_config(tiny_cfg("model=ulsad", "model.feature_dim=16", "model.epochs=1")))
     model, val = job.model, job.val
     model.fit(job.train, val)
     model.eval()
@@ -110,11 +112,12 @@ def test_efficientad_paper_setting_needs_teacher_and_penalty_files(tmp_path: Pat
     root = tiny_mvtec(tmp_path / "data")
     base = ["model=efficientad", f"backbone.weights={weights}"]
     with pytest.raises(TeacherWeightsNotFoundError) as info:
-        runner.check_inputs(mvtec_cfg(root, shared_cache, *base))
+        runner.check_inputs(JobSpec.from_config(mvtec_cfg(root, shared_cache, *base)))
     message = str(info.value)
     assert "pretrained_teacher_small.pth" in message and "imagenette2" in message
     assert "model.teacher=distilled" in message and "model.penalty=off" in message
-    runner.check_inputs(mvtec_cfg(root, shared_cache, *base, "model.teacher=distilled", "model.penalty=off"))
+    substitute = mvtec_cfg(root, shared_cache, *base, "model.teacher=distilled", "model.penalty=off")
+    runner.check_inputs(JobSpec.from_config(substitute))
 
 
 def test_a_substitute_efficientad_is_marked_in_tables(tmp_path: Path) -> None:
@@ -151,7 +154,8 @@ def test_patchcore_is_evaluated_on_a_centre_crop_and_tables_say_so(tiny_cfg, tmp
     assert record["status"] == "ok" and record["data"]["center_crop"] == 56  # 0.875 of 64, as 224 of 256
     maps = np.load(tmp_path / "out" / "run" / "maps.npz")
     assert maps["map"].shape[1:] == (56, 56) and maps["mask"].shape[1:] == (56, 56)
-    _, _, _, test = runner.load_data(tiny_cfg("model=patchcore"))
+    spec = JobSpec.from_config(tiny_cfg("model=patchcore"))
+    _, _, test = runner.load_data(spec, spec.data.splits())
     cropped = test.center_crop(56)
     np.testing.assert_array_equal(cropped.masks.numpy(), test.masks.numpy()[:, 4:60, 4:60])
     np.testing.assert_array_equal(cropped.images.numpy(), test.images.numpy()[:, :, 4:60, 4:60])

@@ -30,6 +30,7 @@ from tests.test_baselines import EFFICIENTAD_FAST
 from ulsad_bench import runner
 from ulsad_bench.metrics import image_auroc
 from ulsad_bench.models.anomalib_adapter import efficientad_autoencoder
+from ulsad_bench.spec import JobSpec
 
 aten = torch.ops.aten
 CONVOLUTIONS = {aten.convolution.default, aten.mkldnn_convolution.default, aten._convolution.default}
@@ -106,7 +107,7 @@ def fp32_module(module: nn.Module | None, recorder: OperatorDtypes) -> Iterator[
 @pytest.mark.parametrize("name", list(MODELS))
 def test_bf16_policy_engages_keeps_distances_in_fp32_and_keeps_the_auroc(tiny_cfg, name: str) -> None:
     test_set = TEST_SET if name != "efficientad" else SMALL_TEST_SET  # EfficientAD scores at 256 px: slow on a CPU
-    job = runner.prepare(tiny_cfg(*MODELS[name], *test_set, "profile.enabled=false"))
+    job = runner.prepare(JobSpec.from_config(tiny_cfg(*MODELS[name], *test_set, "profile.enabled=false")))
     model, test, device = job.model, job.test, job.device
     model.fit(job.train, job.val)
     kept_fp32 = efficientad_autoencoder(model.model) if name == "efficientad" else None

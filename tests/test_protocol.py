@@ -13,6 +13,7 @@ from ulsad_bench import runner
 from ulsad_bench.config import compose
 from ulsad_bench.protocol import Protocol, apply_to_splits
 from ulsad_bench.report.at_end import WriteReport
+from ulsad_bench.spec import JobSpec
 
 TINY_ULSAD = [
     "model=ulsad",
@@ -61,7 +62,7 @@ def test_an_earlier_best_epoch_keeps_the_authors_unset_quantiles(tiny_cfg, tmp_p
 
 def test_drop_last_test_scores_the_path_sorted_test_set_cut_to_whole_batches(tiny_cfg) -> None:
     cfg = tiny_cfg(*TINY_ULSAD)
-    splits = runner.job_splits(cfg)
+    splits = JobSpec.from_config(cfg).data.splits()
     cut, dropped = apply_to_splits(Protocol(drop_last_test=True, test_batch_size=4), splits)
     ordered = sorted(splits.test, key=lambda s: str(s.path))
     keep = len(ordered) - len(ordered) % 4

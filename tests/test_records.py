@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from tests.conftest import TINY_DATA, compose_config, mvtec_cfg, tiny_mvtec
-from ulsad_bench import runner
+from ulsad_bench import job_record, runner
 from ulsad_bench.config import NON_RESULT_KEYS, REPO, compose, run_subdir
 from ulsad_bench.records import ATTEMPTS_DIR, RECORD_NAME, config_hash, find_records, inspect_record
 from ulsad_bench.records import main as records_main
@@ -129,8 +129,8 @@ def test_resume_reruns_when_the_data_or_the_code_changed(
     assert "data changed: test: 1 file removed (10 -> 9 files)" in caplog.text
 
     caplog.clear()
-    real = runner.versions
-    monkeypatch.setattr(runner, "versions", lambda: {**real(), "torch": "0.0.1"})
+    real = job_record.versions  # the record's header notes the versions
+    monkeypatch.setattr(job_record, "versions", lambda: {**real(), "torch": "0.0.1"})
     with caplog.at_level(logging.INFO, logger="ulsad_bench"):
         third = runner.run(mvtec_cfg(root, shared_cache), run_dir)
     assert third["started"] != second["started"] and third["versions"]["torch"] == "0.0.1"
@@ -142,8 +142,8 @@ def test_resume_reruns_when_the_data_or_the_code_changed(
 
 
 def test_a_record_from_a_dirty_tree_is_marked(tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = runner.versions
-    monkeypatch.setattr(runner, "versions", lambda: {**real(), "git": "abc1234-dirty"})
+    real = job_record.versions
+    monkeypatch.setattr(job_record, "versions", lambda: {**real(), "git": "abc1234-dirty"})
     record = runner.run(tiny_cfg("model=padim"), tmp_path / "out" / "run")
     assert record["status"] == "ok"
     from ulsad_bench.records import summary_line

@@ -9,6 +9,7 @@ from torch import nn
 
 from ulsad_bench import runner
 from ulsad_bench.models.training import LossSums, train_epochs
+from ulsad_bench.spec import JobSpec
 
 ULSAD = ["model=ulsad", "model.feature_dim=16", "model.epochs=3", "model.batch_size=4", "model.reuse_trained=false"]
 
@@ -51,9 +52,9 @@ def per_step_ulsad_training(job) -> tuple[list[dict[str, float]], dict[str, torc
 
 def test_ulsad_trains_bit_for_bit_as_the_per_step_loop_on_the_cpu(tiny_cfg) -> None:
     cfg = tiny_cfg(*ULSAD, "feature_cache=false")
-    job = runner.prepare(cfg)
+    job = runner.prepare(JobSpec.from_config(cfg))
     fit = job.model.fit(job.train, job.val)
-    reference, state = per_step_ulsad_training(runner.prepare(cfg))
+    reference, state = per_step_ulsad_training(runner.prepare(JobSpec.from_config(cfg)))
     assert fit["loss_first_epoch"] == reference[0] and fit["loss_last_epoch"] == reference[-1]
     assert fit["loss_total_per_epoch"] == [round(h["total"], 6) for h in reference]
     trained = job.model._trained_state()
@@ -76,7 +77,7 @@ def test_loss_sums_equal_python_float_sums_and_find_the_first_bad_step() -> None
 
 
 def test_the_loop_restores_training_mode_after_the_epoch_hook_and_stops_on_nan(tiny_cfg) -> None:
-    job = runner.prepare(tiny_cfg("model=padim"))  # any set-up model: the loop only needs its context
+    job = runner.prepare(JobSpec.from_config(tiny_cfg("model=padim")))  # any set-up model: the loop needs its context
     network = nn.Linear(2, 1)
     modes, hooked = [], []
 

@@ -1,6 +1,6 @@
 """The files of one job's run folder, written and read here only.
 
-- ``record.json``: the job's record (its schema and checks: :mod:`ulsad_bench.records`);
+- ``record.json``: the job's record (its schema, checks and writer: :mod:`ulsad_bench.records`);
 - ``predictions.csv``: one row per test image (path, label, anomaly kind, defect type, score),
   from which the image metrics can be recomputed;
 - ``maps.npz``: a few test images per defect type with their masks and anomaly maps, for the
@@ -46,13 +46,6 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def write_record(run_dir: Path, record: Mapping[str, Any], schema_version: int) -> Path:
-    """``<run_dir>/record.json``, atomically, with its schema version first."""
-    path = Path(run_dir) / RECORD_NAME
-    write_json_atomic(path, {"schema_version": schema_version, **record})
-    return path
 
 
 # ----------------------------------------------------------------------------- predictions

@@ -48,6 +48,7 @@ from .metrics import image_auroc
 from .models.precision import PRECISIONS
 from .profiling import profile_inference
 from .runner import predict_all, prepare
+from .spec import JobSpec
 
 GOALS = "ULSAD throughput >= PatchCore and >= 2x DFR; ULSAD memory <= 40% of PatchCore; cached epoch >= 1.3x faster"
 #: PatchCore last: the glibc setting its fit applies is process-wide and slows CPU work, so
@@ -121,12 +122,12 @@ def _channels_last(module: torch.nn.Module) -> bool:
     )
 
 
-def prepare_for_timing(cfg: Any) -> Any:
-    """The job of ``cfg`` (:func:`~ulsad_bench.runner.prepare`), then on CUDA the fastest kernels
+def prepare_for_timing(spec: JobSpec) -> Any:
+    """The job of ``spec`` (:func:`~ulsad_bench.runner.prepare`), then on CUDA the fastest kernels
     (``cudnn.benchmark`` on, deterministic algorithms off: outputs are not used for results). Set
     after every ``prepare``, which seeds and asks for deterministic kernels, so that every job of
     the bench is timed in the same state."""
-    job = prepare(cfg)
+    job = prepare(spec)
     if job.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.deterministic = False
@@ -148,12 +149,11 @@ def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[
     figures at the top level) at batch ``profile.batch_size`` and at batch 1, with the test image
     AUROC of each against the first's; for ULSAD also its training epoch with and without
     precomputed features (first epoch and steady state)."""
-    cfg = bench_config(name, overrides)
-    job = prepare_for_timing(cfg)
+    job = prepare_for_timing(JobSpec.from_config(bench_config(name, overrides)))
     start = time.perf_counter()
     fit = job.model.fit(job.train, job.val)
     fit_s = time.perf_counter() - start
-    profile = cfg.profile
+    profile = job.spec.profile
     measured: dict[str, dict[str, Any]] = {}
     for precision in precisions:
         with inference_precision(job.model, job.device, precision):
@@ -161,13 +161,13 @@ def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[
                 job.model,
                 job.test.images,
                 job.device,
-                batch_size=int(profile.batch_size),
-                warmup_batches=int(profile.warmup_batches),
-                timed_batches=int(profile.timed_batches),
+                batch_size=profile.batch_size,
+                warmup_batches=profile.warmup_batches,
+                timed_batches=profile.timed_batches,
                 precision=precision,
-                latency_calls=int(profile.get("latency_calls", 0)),
+                latency_calls=profile.latency_calls,
             )
-            scores = predict_all(job.model, job.test, job.device, int(cfg.eval_batch_size), progress=False)[1]
+            scores = predict_all(job.model, job.test, job.device, job.spec.eval_batch_size, progress=False)[1]
         figures["image_auroc"] = round(float(image_auroc(job.test.labels, scores)), 6)
         figures["image_auroc_points_vs_first"] = round(
             100 * (figures["image_auroc"] - next(iter(measured.values()), figures)["image_auroc"]), 3
@@ -187,7 +187,9 @@ def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[
         result["train_epoch_s_cached_first"], result["train_epoch_s_cached"] = epoch_times(timing["epoch_s"])
         del job
         _release()
-        uncached = prepare_for_timing(bench_config(name, overrides, "model.precompute_features=false"))
+        uncached = prepare_for_timing(
+            JobSpec.from_config(bench_config(name, overrides, "model.precompute_features=false"))
+        )
         timing = uncached.model.fit(uncached.train, uncached.val)["timing"]
         result["train_epoch_s_uncached_first"], result["train_epoch_s_uncached"] = epoch_times(timing["epoch_s"])
         result["paper_prediction"] = predict_paper_times(result)

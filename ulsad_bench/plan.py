@@ -43,15 +43,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from .categories import expand_all_categories
 from .config import REPO, compose_sweep_job, hydra_app, master_config
-from .data import DatasetError, Sample, Splits
+from .data import Sample, Splits
 from .environment import describe_device, resolve_device, versions
 from .features import cache_entries
 from .joblock import LOCK_NAME
 from .launch import sweep_command
 from .outcomes import format_duration
-from .protocol import Protocol, apply_to_splits
-from .records import RECORD_NAME, config_hash, find_records, inspect_record, is_attempt, resume_check, resume_mode
-from .runner import center_crop_of, job_splits, model_class, model_image_size, resize_of, validate_job
+from .protocol import apply_to_splits
+from .records import find_records, inspect_record, is_attempt
+from .resume import Listing, decide, list_splits
+from .spec import JobSpec
 
 #: the parts of a record's ``timing`` that make up a job's time
 TIMING_KEYS = ("load_s", "fit_s", "predict_s", "profile_s", "metrics_s")
@@ -136,7 +137,8 @@ class PlannedJob:
     Attributes:
         overrides: the job's overrides as the launcher passes them.
         run_dir: its run folder, as Hydra names it (absolute).
-        cfg: its config as the job receives it (None when it cannot be resolved).
+        spec: its spec as the job reads it (None when its config cannot be resolved or a setting
+            is refused).
         done: whether the job would skip itself (its ok record matches, ``resume``).
         reason: why it is done, or why it runs.
         device: the device it would use (``describe_device``), None when unavailable.
@@ -147,7 +149,7 @@ class PlannedJob:
     index: int
     overrides: list[str]
     run_dir: Path
-    cfg: DictConfig | None
+    spec: JobSpec | None
     model: str
     done: bool
     reason: str
@@ -156,47 +158,23 @@ class PlannedJob:
     resume: str | None = None
 
 
-@dataclass(frozen=True)
-class Listing:
-    """A category's splits as a job lists them, their fingerprint, or why they cannot be listed."""
-
-    splits: Splits | None
-    fingerprint: dict[str, Any] | None
-    problem: str | None = None
-
-
 class Lister:
-    """The splits and fingerprints of the plan's jobs, listed once per distinct listing (the
-    dataset config, the cache folder, whether the model uses a validation split, the protocol's
-    ``quantiles_from_test``: everything :func:`ulsad_bench.runner.job_splits` depends on)."""
+    """The splits and fingerprints of the plan's jobs, listed once per distinct listing
+    (:attr:`ulsad_bench.spec.DataSpec.listing_key` with whether the model uses a validation split
+    and the protocol's ``quantiles_from_test``: everything a job's listing depends on)."""
 
     def __init__(self) -> None:
         self.listings: dict[str, Listing] = {}
         self.devices: dict[str, str | None] = {}
 
-    def listing(self, cfg: DictConfig) -> Listing:
-
-        key = json.dumps(
-            [
-                OmegaConf.to_container(cfg.dataset, resolve=True),
-                str(cfg.cache_dir),
-                model_class(cfg).uses_validation,
-                Protocol.from_config(cfg).quantiles_from_test,
-            ],
-            sort_keys=True,
-            default=str,
-        )
+    def listing(self, spec: JobSpec) -> Listing:
+        data = spec.data
+        key = repr((data.listing_key, data.uses_validation, data.val_from_test))
         if key not in self.listings:
-            try:
-                splits = job_splits(cfg)
-                self.listings[key] = Listing(splits, splits.fingerprint())
-            except (DatasetError, OSError, ValueError) as err:  # the job then fails on the same error
-                self.listings[key] = Listing(None, None, f"{type(err).__name__}: {err}")
+            self.listings[key] = list_splits(spec)
         return self.listings[key]
 
-    def device(self, cfg: DictConfig) -> str | None:
-
-        name = str(cfg.device)
+    def device(self, name: str) -> str | None:
         if name not in self.devices:
             try:
                 self.devices[name] = describe_device(resolve_device(name))
@@ -209,32 +187,28 @@ def plan_job(
     hydra: Any, master: DictConfig, index: int, overrides: Sequence[str], versions_now: dict[str, Any], lister: Lister
 ) -> PlannedJob:
     """One job and the decision it would take: the checks of :func:`ulsad_bench.runner.run`
-    before it runs anything (its settings, then ``resume_check`` on the record in its folder)."""
-
+    before it runs anything (its settings: :meth:`~ulsad_bench.spec.JobSpec.from_config`, then its
+    resume decision: :func:`ulsad_bench.resume.decide` on the record in its folder)."""
     task, run_dir, problem = compose_sweep_job(hydra, master, index, overrides)
     model = str(OmegaConf.select(task, "model.name", default="?", throw_on_resolution_failure=False))
-    job = PlannedJob(index, list(overrides), run_dir, None if problem else task, model, done=False, reason="")
+    job = PlannedJob(index, list(overrides), run_dir, None, model, done=False, reason="")
     if problem:
         job.reason = f"would fail: {problem}"
         return job
     try:
-        validate_job(task)
+        spec = JobSpec.from_config(task)
     except Exception as err:
         job.reason = f"would fail its settings check: {type(err).__name__}: {err}"
         return job
-    job.device = lister.device(task)
-    config = OmegaConf.to_container(task, resolve=True)
-    assert isinstance(config, dict)
-    mode = job.resume = resume_mode(task.get("resume", "strict"))
-    listing = lister.listing(task)
+    job.spec, job.device, job.resume = spec, lister.device(spec.device), spec.resume
+    listing = lister.listing(spec)
     if listing.splits is not None:
         try:
-            job.splits = apply_to_splits(Protocol.from_config(task), listing.splits)[0]
+            job.splits = apply_to_splits(spec.protocol, listing.splits)[0]
         except ValueError:
             job.splits = listing.splits
-    existing = inspect_record(run_dir / RECORD_NAME)
-    fingerprint = listing.fingerprint if mode == "strict" else None
-    job.done, job.reason = resume_check(existing.record, mode, config_hash(config), fingerprint, versions_now)
+    decision = decide(spec, run_dir, versions_now, listing)
+    job.done, job.reason = decision.skip, decision.why
     if not job.done and (run_dir / LOCK_NAME).exists():  # looked at, never taken: a running job keeps its lock
         job.reason += " (a lock file is there: another process may be running it)"
     return job
@@ -338,11 +312,11 @@ def estimate_time(jobs: Sequence[PlannedJob], sources: Sequence[Path]) -> list[M
 
 
 def _dataset_of(job: PlannedJob) -> str:
-    return "" if job.cfg is None else str(OmegaConf.select(job.cfg, "dataset.name", default=""))
+    return "" if job.spec is None else job.spec.dataset
 
 
 def _size_of(job: PlannedJob) -> Any:
-    return None if job.cfg is None else OmegaConf.select(job.cfg, "dataset.image_size", default=None)
+    return None if job.spec is None else job.spec.data.image_size
 
 
 # ----------------------------------------------------------------------------- cache disk
@@ -397,15 +371,14 @@ def dfr_feature_dim(layers: Sequence[str]) -> int:
     return sum(plan[int(VGG19_RELUS[layer].split(".")[1])][1] for layer in dict.fromkeys(layers))
 
 
-def _weights_policy(cfg: DictConfig) -> str:
+def _weights_policy(weights: str) -> str:
     from .models.backbone import WEIGHT_POLICIES
 
-    weights = str(cfg.backbone.weights)
     return weights if weights in WEIGHT_POLICIES else "file"
 
 
 def job_cache_entries(
-    cfg: DictConfig, splits: Splits, device: str | None = None, notes: list[str] | None = None
+    spec: JobSpec, splits: Splits, device: str | None = None, notes: list[str] | None = None
 ) -> dict[str, dict[str, int]]:
     """The cache entries one job writes, ``{what: {identity: bytes}}``; jobs that share an
     entry (the same images, backbone and settings) give it the same identity. From shapes only:
@@ -424,33 +397,33 @@ def job_cache_entries(
     from .models.ulsad.model import TRAINED_BY
 
     entries: dict[str, dict[str, int]] = {}
-    size, resize = int(cfg.dataset.image_size), resize_of(cfg)
+    size, resize = spec.data.image_size, spec.data.resize
     notes = [] if notes is None else notes
-    if bool(cfg.cache.get("decoded_images", False)):
+    if spec.data.decoded_images:
         for samples, masks in ((splits.train, False), (splits.val, False), (splits.test, True)):
             if samples:  # images N x 3 x S x S bytes, and a test split's masks N x S x S
                 per_image = (4 if masks else 3) * size * size
                 entries.setdefault(DECODED, {})[_images_id(samples, size, resize)] = len(samples) * per_image
     else:
         notes.append("decoded images: not cached (cache.decoded_images=false)")
-    if not bool(cfg.get("feature_cache", True)):
+    if not spec.feature_cache:
         notes.append("feature_cache=false: no features or trained models are cached")
         return entries
-    model, name = cfg.model, str(cfg.model.name)
-    crop, seen = center_crop_of(cfg), model_image_size(cfg)
-    backbone = [str(cfg.backbone.name), _weights_policy(cfg)]
+    model, name = OmegaConf.create(dict(spec.model_settings)), spec.model
+    crop, seen = spec.data.center_crop, spec.data.model_image_size
+    backbone = [spec.backbone.name, _weights_policy(spec.backbone.weights)]
     train_id = _images_id(splits.train, size, resize, crop)
     if name == "ulsad":
         channels, side = int(model.feature_dim), seen // 8
-        base = json.dumps([backbone, list(model.layers), channels, seen, str(cfg.precision)])
+        base = json.dumps([backbone, list(model.layers), channels, seen, spec.precision])
         for samples in (splits.train, splits.val):
             if samples:
                 key = f"{_images_id(samples, size, resize, crop)}|{base}"
                 entries.setdefault(ULSAD_FEATURES, {})[key] = len(samples) * channels * side * side * 4
-        if bool(model.get("reuse_trained", True)) and not Protocol.from_config(cfg).select_on_test:
+        if bool(model.get("reuse_trained", True)) and not spec.protocol.select_on_test:
             training = {k: model.get(k) for k in TRAINED_BY}
             kind = device_kind(device).split(" ")[0]
-            key = json.dumps([train_id, base, cfg.seed, kind, str(cfg.precision), training], default=str)
+            key = json.dumps([train_id, base, spec.seed, kind, spec.precision, training], default=str)
             state = ulsad_state_bytes(channels, str(model.architecture), seen)
             entries.setdefault(ULSAD_TRAINED, {})[key] = state + 2 * channels * 4
     elif name == "dfr":
@@ -460,7 +433,7 @@ def job_cache_entries(
         nbytes = len(splits.train) * width * side * side * (2 if str(model.cache_dtype) == "float16" else 4)
         if nbytes <= float(model.max_cache_gb) * 1e9:
             vgg = [str(model.vgg_padding), str(model.upsample)]
-            key = json.dumps([train_id, backbone, list(model.layers), *vgg, str(cfg.precision)])
+            key = json.dumps([train_id, backbone, list(model.layers), *vgg, spec.precision])
             entries.setdefault(DFR_FEATURES, {})[f"{key}|{featmap}|{kernel}|{stride}|{model.cache_dtype}"] = nbytes
         else:
             notes.append(
@@ -469,7 +442,7 @@ def job_cache_entries(
             )
     elif name == "efficientad":
         teacher = str(model.teacher)
-        random_init = _weights_policy(cfg) == "random"
+        random_init = _weights_policy(spec.backbone.weights) == "random"
         if teacher == "distilled" or (teacher == "auto" and random_init and model.get("teacher_weights") is None):
             from .models.efficientad.model import EFFICIENTAD_MIN_SIZE
 
@@ -498,14 +471,14 @@ def estimate_disk(jobs: Sequence[PlannedJob]) -> DiskEstimate:
     """The cache entries of the jobs still to run (:func:`job_cache_entries`), shared ones once."""
     estimate = DiskEstimate()
     for job in jobs:
-        if job.done or job.cfg is None:
+        if job.done or job.spec is None:
             continue
         if job.splits is None:
             estimate.unknown_jobs += 1
             continue
         notes: list[str] = []
         try:
-            found = job_cache_entries(job.cfg, job.splits, job.device, notes)
+            found = job_cache_entries(job.spec, job.splits, job.device, notes)
         except Exception as err:  # a setting the job will refuse: it writes nothing
             notes.append(f"{job.model}: not estimated ({type(err).__name__}: {err})")
             found = {}
@@ -567,9 +540,9 @@ def make_plan(
         at_once = jobs_at_once(master, len(expansion.jobs))
         versions_now, lister = versions(), Lister()
         jobs = [plan_job(hydra, master, i, job, versions_now, lister) for i, job in enumerate(expansion.jobs)]
-        first = next((job.cfg for job in jobs if job.cfg is not None), None)
-        cache_dir = Path(os.path.abspath(str(first.cache_dir))) if first is not None else None
-        max_gb = float(first.cache.max_gb) if first is not None and first.get("cache") is not None else None
+        first = next((job.spec for job in jobs if job.spec is not None), None)
+        cache_dir = Path(os.path.abspath(str(first.data.cache_dir))) if first is not None else None
+        max_gb = first.data.cache_max_bytes / 2**30 if first is not None else None
     problems = list(dict.fromkeys(x.problem for x in lister.listings.values() if x.problem))
     if sources is None:
         sources = list(dict.fromkeys([results, REPO / "outputs"]))

@@ -34,8 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from . import artifacts
-from .artifacts import RECORD_NAME
+from .artifacts import RECORD_NAME, write_json_atomic
 from .config import result_config
 
 SCHEMA_VERSION = 2
@@ -73,27 +72,50 @@ class DataFingerprint(BaseModel):
 
 
 class RunRecord(BaseModel):
-    """The fields of ``record.json``; more are allowed (timings, efficiency, hyperparameters, ...)."""
+    """Every field of ``record.json`` (assembled by :mod:`ulsad_bench.job_record`); a field not
+    named here makes a record malformed. Nested values are checked where the report relies on
+    them (metrics, fingerprint) and kept as written otherwise."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     schema_version: int = 1
     status: Literal["ok", "failed"]
+    # identity and settings, known before the job runs
     model: str
     variant: str | None = None
     dataset: str
     category: str
     seed: int
-    backbone: str = ""
+    precision: str | None = None
     config_hash: str
+    protocol: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any]
-    error: str | None = None
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    run_dir: str | None = None
+    cuda_visible_devices: str | None = None
+    started: str | None = None
+    # what preparing the job determined
+    device: str | None = None
+    backbone: str = ""
+    weights: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    data_fingerprint: DataFingerprint | None = None
+    val_source: str | None = None
+    test_subset: dict[str, Any] | None = None
+    metric_notes: dict[str, str] | None = None
+    # what the job measured
+    fit: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] | None = None
+    timing: dict[str, Any] = Field(default_factory=dict)
+    efficiency: dict[str, Any] | None = None
     metrics: Metrics | None = None
     metrics_by_kind: dict[str, Metrics] = Field(default_factory=dict)
-    data_fingerprint: DataFingerprint | None = None
-    versions: dict[str, str | None] = Field(default_factory=dict)
-    weights: dict[str, Any] = Field(default_factory=dict)
-    started: str | None = None
+    thresholds: dict[str, Any] | None = None
+    # how it ended
+    error: str | None = None
+    traceback: str | None = None
+    kept_ok_record: str | None = None
     finished: str | None = None
 
     @model_validator(mode="after")
@@ -124,8 +146,11 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def write_record(run_dir: Path, record: Mapping[str, Any]) -> Path:
-    """``<run_dir>/record.json`` with this schema's version (:func:`ulsad_bench.artifacts.write_record`)."""
-    return artifacts.write_record(run_dir, record, SCHEMA_VERSION)
+    """``<run_dir>/record.json``, atomically, with this schema's version first: the one writer of
+    records (assembled by :mod:`ulsad_bench.job_record`)."""
+    path = Path(run_dir) / RECORD_NAME
+    write_json_atomic(path, {"schema_version": SCHEMA_VERSION, **record})
+    return path
 
 
 @dataclass(frozen=True)

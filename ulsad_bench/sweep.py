@@ -60,6 +60,7 @@ from .launch import (
 from .outcomes import SWEEP_ID_ENV, format_progress, format_summary, summarize_sweep, sweep_info_path, sweep_progress
 from .plan import expand_sweep, format_plan, jobs_at_once, make_plan
 from .runner import check_inputs
+from .spec import JobSpec
 
 #: the outcome of the last multirun of this process (``run.py`` exits non-zero on failures)
 LAST_OUTCOME: dict[str, list[str]] | None = None
@@ -159,7 +160,7 @@ def preflight(args: dict[str, str], extra: list[str], categories: list[str]) -> 
     by_message: dict[str, list[str]] = {}  # one message for the models that share a missing file
     for model in models_of(args):
         try:
-            check_inputs(compose([f"model={model}", *overrides]))
+            check_inputs(JobSpec.from_config(compose([f"model={model}", *overrides])))
         except Exception as err:  # the message names the file and the setting
             by_message.setdefault(f"{type(err).__name__}: {err}", []).append(model)
     for text, models in by_message.items():

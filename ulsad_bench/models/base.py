@@ -11,7 +11,7 @@ way (:mod:`ulsad_bench.metrics`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,43 @@ class RunContext:
         return autocast_dtype(self.precision)
 
 
+@dataclass(frozen=True)
+class CacheFacts:
+    """What the plan of a sweep knows of a job when it estimates the cache disk a model's jobs
+    need (:meth:`AnomalyModel.cache_entries`): shapes and identities only, nothing is read.
+
+    Attributes:
+        train_id, val_id: identities of the training and validation images as the model sees them
+            (jobs on the same images share them).
+        n_train, n_val: their numbers of images.
+        image_size: the side the model sees (after its centre crop).
+        weights_policy: ``random``, ``imagenet`` or ``file``.
+        reuses_trained: whether a trained model may be cached (not under ``protocol.select_on_test``).
+    """
+
+    train_id: str
+    val_id: str
+    n_train: int
+    n_val: int
+    image_size: int
+    backbone: str
+    weights_policy: str
+    precision: str
+    seed: int
+    device_type: str
+    reuses_trained: bool
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One entry a job writes to the cache: its kind (as the plan prints it), an identity that
+    jobs sharing the entry give alike, and its size in bytes."""
+
+    kind: str
+    identity: str
+    nbytes: int
+
+
 class AnomalyModel(ABC):
     """Base class of the harness's models (see module docstring)."""
 
@@ -77,6 +114,13 @@ class AnomalyModel(ABC):
     #: multiple of; checked before a job reads any data (:meth:`check_image_size`)
     min_image_size: int = 1
     image_size_multiple: int = 1
+
+    @classmethod
+    def cache_entries(cls, settings: Mapping[str, Any], facts: CacheFacts) -> tuple[list[CacheEntry], list[str]]:
+        """``(entries, notes)``: what a job of this model with ``settings`` (``model.*``) writes to
+        the feature cache, from shapes only, and notes on what it leaves out and why; for
+        ``make sweep ... PLAN=1``. Nothing by default."""
+        return [], []
 
     def own_backbone(self) -> str | None:
         """The network a model uses instead of ``backbone=`` when its paper fixes one (DFR:

@@ -1,0 +1,241 @@
+"""A job's specification: every setting its stages read, typed and validated once.
+
+:meth:`JobSpec.from_config` reads a composed config (``conf/config.yaml`` with its groups and
+overrides) and checks every setting a job can check before it reads data, each error naming the
+setting and what is allowed. The stages receive the spec, never the raw config: the resume
+decision (:mod:`ulsad_bench.resume`), the job's preparation and run (:mod:`ulsad_bench.runner`),
+its record, the plan of a sweep (:mod:`ulsad_bench.plan`) and ``make bench``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from .data import Splits, build_splits
+from .data.sample import check_resize
+from .models.base import AnomalyModel
+from .models.precision import check_precision
+from .protocol import Protocol
+from .records import config_hash, resume_mode
+
+SEED_RANGE = 2**32
+#: keys of ``model.*`` that are not the model's constructor arguments
+MODEL_KEYS_NOT_SETTINGS = ("_target_", "name", "center_crop")
+
+
+def model_class_of(target: str) -> type[AnomalyModel]:
+    """The class ``model._target_`` names, checked to be an :class:`AnomalyModel`."""
+    cls = get_class(target)
+    if not (isinstance(cls, type) and issubclass(cls, AnomalyModel)):
+        raise TypeError(f"model._target_={target} is not an AnomalyModel")
+    return cls
+
+
+def model_from_config(model_cfg: Mapping[str, Any]) -> AnomalyModel:
+    """A model built from its config (``conf/model/<name>.yaml``): ``_target_`` is the class, every
+    key but ``_target_``, ``name`` and ``center_crop`` (a data setting applied by the job) an
+    argument of its constructor."""
+    settings = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else model_cfg
+    assert isinstance(settings, Mapping)
+    cls = model_class_of(str(settings["_target_"]))
+    return cls(**{k: v for k, v in settings.items() if k not in MODEL_KEYS_NOT_SETTINGS})
+
+
+def center_crop_pixels(fraction: Any, image_size: int) -> int | None:
+    """The crop in pixels that ``model.center_crop`` (a fraction of ``dataset.image_size``, or
+    null) asks for: anomalib 0.7's PatchCore config resizes to 256 and centre-crops 224, i.e.
+    0.875; null: no crop."""
+    if fraction is None:
+        return None
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"model.center_crop={fraction!r}: expected null or a fraction in (0, 1] of dataset.image_size")
+    return round(float(fraction) * image_size)
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_RANGE:
+        raise ValueError(f"seed={value!r}: expected an integer in [0, 2^32) = [0, {SEED_RANGE - 1}]")
+    return value
+
+
+def _image_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"dataset.image_size={value!r}: expected a positive integer (pixels)")
+    return value
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The data a job reads and how its model sees it.
+
+    Attributes:
+        dataset: the ``dataset`` group as composed (read-only).
+        image_size: ``dataset.image_size``; ``model_image_size``: after the model's centre crop.
+        center_crop: the crop in pixels (``model.center_crop``), None for none.
+        uses_validation: whether the model calibrates on a validation split.
+        val_from_test: ``protocol.quantiles_from_test``: the validation split is made of test images.
+    """
+
+    dataset: DictConfig
+    image_size: int
+    resize: str
+    center_crop: int | None
+    model_image_size: int
+    uses_validation: bool
+    val_from_test: bool
+    cache_dir: Path
+    decoded_images: bool
+    cache_max_bytes: int
+
+    def splits(self) -> Splits:
+        """The category's splits as this job lists them (no validation split for a model that uses
+        none, :func:`ulsad_bench.data.build_splits`); ``protocol.quantiles_from_test`` keeps every
+        training image (its validation split is then made of test images,
+        :func:`ulsad_bench.protocol.apply_to_splits`)."""
+        dataset = self.dataset
+        if self.val_from_test:
+            dataset = OmegaConf.merge(dataset, {"val_split": "test_set"})
+        return build_splits(dataset, self.cache_dir, uses_validation=self.uses_validation)
+
+    @property
+    def listing_key(self) -> str:
+        """What :meth:`splits` depends on: jobs with the same key list the same splits."""
+        content = OmegaConf.to_container(self.dataset, resolve=True)
+        return repr((sorted(content.items()) if isinstance(content, dict) else content, str(self.cache_dir)))
+
+
+@dataclass(frozen=True)
+class BackboneSettings:
+    """``backbone.*``: the network's name and its weights policy (resolved per job by
+    :func:`ulsad_bench.models.backbone.resolve_backbone`)."""
+
+    name: str
+    weights: str
+    random_init_seed: int
+    verify: bool
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """``profile.*``: the efficiency protocol (:mod:`ulsad_bench.profiling`)."""
+
+    enabled: bool
+    batch_size: int
+    warmup_batches: int
+    timed_batches: int
+    latency_calls: int
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job (model x dataset category x seed) as every stage reads it (module docstring).
+
+    ``config`` is the resolved config, as the record stores it; ``config_hash`` its hash over the
+    result keys (:func:`ulsad_bench.records.config_hash`).
+    """
+
+    config: Mapping[str, Any]
+    config_hash: str
+    model: str
+    variant: str | None
+    dataset: str
+    category: str
+    seed: int
+    model_class: type[AnomalyModel]
+    model_settings: Mapping[str, Any]
+    backbone: BackboneSettings
+    data: DataSpec
+    protocol: Protocol
+    device: str
+    device_type: str
+    precision: str
+    deterministic: bool
+    eval_batch_size: int
+    fpr_limit: float
+    feature_cache: bool
+    profile: ProfileSpec
+    resume: str
+    progress: bool
+    fail_fast: bool
+    save_maps_per_defect: int
+    logger: Mapping[str, Any]
+    output_root: Path
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> JobSpec:
+        """The spec of the job ``cfg`` composes; raises ``ValueError`` / ``TypeError`` naming the
+        setting when one cannot work (before any data is read)."""
+        config = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(config, dict)
+        seed = _seed(cfg.seed)
+        image_size = _image_size(cfg.dataset.image_size)
+        model_class = model_class_of(str(cfg.model._target_))
+        crop = center_crop_pixels(cfg.model.get("center_crop"), image_size)
+        model_image_size = crop if crop is not None else image_size
+        model_class.check_image_size(model_image_size)
+        protocol = Protocol.from_config(cfg)
+        model = config["model"]
+        cache = cfg.cache
+        data = DataSpec(
+            dataset=cfg.dataset,
+            image_size=image_size,
+            resize=check_resize(str(cfg.dataset.get("resize", "cv2_linear"))),
+            center_crop=crop,
+            model_image_size=model_image_size,
+            uses_validation=model_class.uses_validation,
+            val_from_test=protocol.quantiles_from_test,
+            cache_dir=Path(str(cfg.cache_dir)),
+            decoded_images=bool(cache.get("decoded_images", False)),
+            cache_max_bytes=int(float(cache.max_gb) * 2**30),
+        )
+        profile = cfg.profile
+        return cls(
+            config=config,
+            config_hash=config_hash(config),
+            model=str(cfg.model.name),
+            variant=None if cfg.get("variant") is None else str(cfg.get("variant")),
+            dataset=str(cfg.dataset.name),
+            category=str(cfg.dataset.category),
+            seed=seed,
+            model_class=model_class,
+            model_settings={k: v for k, v in model.items() if k not in MODEL_KEYS_NOT_SETTINGS},
+            backbone=BackboneSettings(
+                str(cfg.backbone.name),
+                str(cfg.backbone.weights),
+                int(cfg.backbone.random_init_seed),
+                bool(cfg.backbone.get("verify", True)),
+            ),
+            data=data,
+            protocol=protocol,
+            device=str(cfg.device),
+            device_type=str(config.get("device_type", cfg.device)),
+            precision=check_precision(str(cfg.precision)),
+            deterministic=bool(cfg.deterministic),
+            eval_batch_size=int(cfg.eval_batch_size),
+            fpr_limit=float(cfg.fpr_limit),
+            feature_cache=bool(cfg.get("feature_cache", True)),
+            profile=ProfileSpec(
+                bool(profile.enabled),
+                int(profile.batch_size),
+                int(profile.warmup_batches),
+                int(profile.timed_batches),
+                int(profile.get("latency_calls", 0)),
+            ),
+            resume=resume_mode(cfg.get("resume", "strict")),
+            progress=bool(cfg.progress),
+            fail_fast=bool(cfg.get("fail_fast", False)),
+            save_maps_per_defect=int(cfg.save_maps_per_defect),
+            logger=config.get("logger") or {},
+            output_root=Path(str(cfg.output_root)),
+        )
+
+    def build_model(self) -> AnomalyModel:
+        """The model, built from ``model.*`` (every key but ``_target_``, ``name`` and
+        ``center_crop``, a data setting applied by the job)."""
+        return self.model_class(**self.model_settings)
