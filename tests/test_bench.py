@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ulsad_bench import bench, runner
+from ulsad_bench.report import efficiency as efficiency_report
 
 
 def test_bench_writes_efficiency_report(tmp_path: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,17 +53,19 @@ def test_bench_writes_efficiency_report(tmp_path: Path, shared_cache: Path, monk
         result = report["models"][name]
         assert result["throughput_img_s"] > 0 and result["peak_memory_mb"] > 0
         assert result["batch_size"] == 4 and result["device"] and result["memory_measure"] == "cpu_tensor_peak"
-    assert report["ulsad_train_epoch_s_cached"] > 0 and report["ulsad_train_epoch_s_uncached"] > 0
-    assert report["ulsad_attention_targets_s_once"] >= 0 and report["ulsad_feature_extraction_s"] >= 0
-    # several epochs: the first apart, the steady state the median of the others (2 here, the preset's 3)
-    ulsad_fit = report["models"]["ulsad"]
-    assert report["ulsad_train_epochs_timed"] == 2 and report["ulsad_train_epoch_s_cached_first"] > 0
-    paper = report["ulsad_paper_prediction"]
-    once = report["ulsad_feature_extraction_s"] + report["ulsad_attention_targets_s_once"]
-    expected_job = once + report["ulsad_train_epoch_s_cached_first"] + 199 * report["ulsad_train_epoch_s_cached"]
-    assert paper["job_s"] == pytest.approx(expected_job, abs=0.1) and paper["job_train_images"] == 8
+    # ULSAD trains in epochs: the first apart, the steady state the median of the others (2 here, the
+    # preset's 3), the variant of its preset (features recomputed), the paper's study predicted
+    training = report["models"]["ulsad"]["training"]
+    assert training["epochs_timed"] == 2 and training["first_s"] > 0 and training["steady_s"] > 0
+    assert set(training["once_s"]) == {"features_s", "attention_targets_s"}
+    recomputed = training["variants"]["features_recomputed"]
+    assert recomputed["overrides"] == ["model.precompute_features=false"] and recomputed["steady_s"] > 0
+    paper = training["paper_prediction"]
+    once = sum(training["once_s"].values())
+    assert paper["job_s"] == pytest.approx(once + training["first_s"] + 199 * training["steady_s"], abs=0.1)
+    assert paper["job_train_images"] == 8 and paper["study_hours"] > 0
     assert paper["study_train_images_per_seed"] == 16747 and paper["study_categories"] == 41
-    assert paper == ulsad_fit["paper_prediction"] and paper["study_hours"] > 0
+    assert "training" not in report["models"]["padim"]  # no epochs
     for name in ("ulsad", "padim"):  # batch 1: the profile's latency_calls single images
         assert report["models"][name]["latency_ms"] > 0 and report["models"][name]["throughput_batch1_img_s"] > 0
     markdown = (tmp_path / "efficiency.md").read_text()
@@ -77,9 +80,9 @@ def test_bench_writes_efficiency_report(tmp_path: Path, shared_cache: Path, monk
     assert rows["padim"][6] == f"{padim['throughput_batch1_img_s']:.2f}"
     assert rows["padim"][7] == f"{padim['latency_ms']:.2f}"
     assert f"one paper job (200 epochs, 8 training images) {paper['job_s'] / 60:.1f} min" in markdown
-    speedup = report["ulsad_train_epoch_s_uncached"] / report["ulsad_train_epoch_s_cached"]
-    assert report["ulsad_epoch_speedup"] == pytest.approx(speedup, abs=5e-4)  # stored to 3 decimals
-    assert f"({report['ulsad_epoch_speedup']:.2f}x)" in markdown
+    speedup = recomputed["steady_s"] / training["steady_s"]
+    assert efficiency_report.epoch_speedup(report) == pytest.approx(speedup, abs=5e-4)  # stored to 3 decimals
+    assert f"({speedup:.2f}x)" in markdown and report["goals"]["cached epoch >= 1.3x faster"] == (speedup >= 1.3)
 
 
 def test_bench_on_cuda_refuses_without_cuda_and_measures_bf16(tmp_path: Path, shared_cache: Path) -> None:

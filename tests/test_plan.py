@@ -126,7 +126,12 @@ def test_plan_without_the_dataset_says_unknown(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_cache_disk_estimate_from_shapes_counts_shared_entries_once(shared_cache: Path, tmp_path: Path) -> None:
-    from ulsad_bench.plan import DECODED, DFR_FEATURES, TEACHERS, ULSAD_FEATURES, ULSAD_TRAINED, make_plan
+    # each model names what it caches (AnomalyModel.cache_entries); the plan adds the decoded images
+    from ulsad_bench.models.dfr.model import FEATURES_ENTRY as DFR_FEATURES
+    from ulsad_bench.models.efficientad.model import TEACHERS_ENTRY as TEACHERS
+    from ulsad_bench.models.ulsad.model import FEATURES_ENTRY as ULSAD_FEATURES
+    from ulsad_bench.models.ulsad.model import TRAINED_ENTRY as ULSAD_TRAINED
+    from ulsad_bench.plan import DECODED, make_plan
 
     args = {"dataset": "synthetic", "models": "ulsad,dfr,padim", "seeds": "0,1", "categories": "texture"}
     extra = [f"cache_dir={shared_cache}", *FAST, "cache.decoded_images=true"]

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from .artifacts import write_json_atomic
 from .config import EXPERIMENTS_DIR, compose
@@ -47,19 +48,12 @@ from .environment import describe_device, resolve_device
 from .metrics import image_auroc
 from .models.precision import PRECISIONS
 from .profiling import profile_inference
+from .report import efficiency as efficiency_report
 from .runner import predict_all, prepare
-from .spec import JobSpec
+from .spec import JobSpec, model_class_of
 
-GOALS = "ULSAD throughput >= PatchCore and >= 2x DFR; ULSAD memory <= 40% of PatchCore; cached epoch >= 1.3x faster"
-#: PatchCore last: the glibc setting its fit applies is process-wide and slows CPU work, so
-#: models after it would not be measured as in their own jobs
 DEFAULT_MODELS = "ulsad,padim,efficientad,dfr,patchcore"
 PRESETS = EXPERIMENTS_DIR / "bench"
-#: the paper's ULSAD study (Section 4.1): 200 epochs, five seeds, and the training images of each
-#: dataset's published split (Section 4.1: MVTec AD 3,629, VisA 8,659 of its 1cls split, MVTec
-#: LOCO 1,772, MPDD 888, BTAD 1,799) in 15 + 12 + 5 + 6 + 3 categories
-PAPER_EPOCHS, PAPER_SEEDS, PAPER_CATEGORIES = 200, 5, 41
-PAPER_TRAIN_IMAGES = {"mvtec": 3629, "visa": 8659, "mvtec_loco": 1772, "mpdd": 888, "btad": 1799}
 #: bf16 may move the test image AUROC by less than this against fp32 (the tests' tolerance)
 AUROC_TOLERANCE_POINTS = 0.5
 
@@ -147,28 +141,16 @@ def epoch_times(epoch_s: list[float]) -> tuple[float, float]:
 def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[str, Any]:
     """Fit the model's bench job and measure its inference at each precision (the first one's
     figures at the top level) at batch ``profile.batch_size`` and at batch 1, with the test image
-    AUROC of each against the first's; for ULSAD also its training epoch with and without
-    precomputed features (first epoch and steady state)."""
-    job = prepare_for_timing(JobSpec.from_config(bench_config(name, overrides)))
+    AUROC of each against the first's; for a model that trains in epochs also its training
+    (:func:`training_figures`)."""
+    cfg = bench_config(name, overrides)
+    job = prepare_for_timing(JobSpec.from_config(cfg))
     start = time.perf_counter()
     fit = job.model.fit(job.train, job.val)
     fit_s = time.perf_counter() - start
-    profile = job.spec.profile
     measured: dict[str, dict[str, Any]] = {}
     for precision in precisions:
-        with inference_precision(job.model, job.device, precision):
-            figures = profile_inference(
-                job.model,
-                job.test.images,
-                job.device,
-                batch_size=profile.batch_size,
-                warmup_batches=profile.warmup_batches,
-                timed_batches=profile.timed_batches,
-                precision=precision,
-                latency_calls=profile.latency_calls,
-            )
-            scores = predict_all(job.model, job.test, job.device, job.spec.eval_batch_size, progress=False)[1]
-        figures["image_auroc"] = round(float(image_auroc(job.test.labels, scores)), 6)
+        figures = measure_inference(job, precision)
         figures["image_auroc_points_vs_first"] = round(
             100 * (figures["image_auroc"] - next(iter(measured.values()), figures)["image_auroc"]), 3
         )
@@ -179,133 +161,99 @@ def bench_model(name: str, overrides: list[str], precisions: list[str]) -> dict[
     result["train_images"] = len(job.train)
     result["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
     result["deterministic"] = bool(torch.are_deterministic_algorithms_enabled())
-    if name == "ulsad":
-        timing = fit["timing"]
-        result["feature_extraction_s"] = timing.get("features_s", 0.0)
-        result["attention_targets_s_once"] = timing.get("attention_targets_s", 0.0)
-        result["train_epochs_timed"] = len(timing["epoch_s"])
-        result["train_epoch_s_cached_first"], result["train_epoch_s_cached"] = epoch_times(timing["epoch_s"])
-        del job
-        _release()
-        uncached = prepare_for_timing(
-            JobSpec.from_config(bench_config(name, overrides, "model.precompute_features=false"))
-        )
-        timing = uncached.model.fit(uncached.train, uncached.val)["timing"]
-        result["train_epoch_s_uncached_first"], result["train_epoch_s_uncached"] = epoch_times(timing["epoch_s"])
-        result["paper_prediction"] = predict_paper_times(result)
+    train_images = len(job.train)
+    del job
+    _release()
+    if "epoch_s" in (fit.get("timing") or {}):
+        result["training"] = training_figures(name, overrides, cfg, fit["timing"], train_images)
     return result
 
 
-def predict_paper_times(ulsad: dict[str, Any]) -> dict[str, Any]:
-    """What ULSAD's training at the paper's setting would take on this device, from the measured
-    steady-state epoch with cached features (per training image) and the feature extraction:
+def measure_inference(job: Any, precision: str) -> dict[str, Any]:
+    """The fitted job's inference under ``precision`` (:func:`inference_precision`): the profile
+    (:mod:`ulsad_bench.profiling`) and the test image AUROC."""
+    profile = job.spec.profile
+    with inference_precision(job.model, job.device, precision):
+        figures = profile_inference(
+            job.model,
+            job.test.images,
+            job.device,
+            batch_size=profile.batch_size,
+            warmup_batches=profile.warmup_batches,
+            timed_batches=profile.timed_batches,
+            precision=precision,
+            latency_calls=profile.latency_calls,
+        )
+        scores = predict_all(job.model, job.test, job.device, job.spec.eval_batch_size, progress=False)[1]
+    figures["image_auroc"] = round(float(image_auroc(job.test.labels, scores)), 6)
+    return figures
 
-    - one paper job: a category of the bench's size (``train_images``), the features once, the
-      first epoch as measured, then ``PAPER_EPOCHS - 1`` steady epochs;
-    - the paper's whole ULSAD study: every category of the five datasets (their training images,
-      :data:`PAPER_TRAIN_IMAGES`) x ``PAPER_SEEDS`` seeds x ``PAPER_EPOCHS`` epochs, the features
-      once per category (cached across seeds).
+
+def training_figures(
+    name: str, overrides: list[str], cfg: Any, timing: dict[str, Any], train_images: int
+) -> dict[str, Any]:
+    """The fit's epochs (first apart, steady state), what it computed once (the fit record's other
+    ``*_s`` timings), each variant of the preset's ``bench.compare`` (the same job with those
+    overrides, timed after the same kernel settings), and, with the preset's ``bench.paper``, the
+    paper's training time predicted from the steady epoch (:func:`predict_paper_times`)."""
+    first, steady = epoch_times(timing["epoch_s"])
+    figures: dict[str, Any] = {
+        "train_images": train_images,
+        "epochs_timed": len(timing["epoch_s"]),
+        "first_s": first,
+        "steady_s": steady,
+        "once_s": {k: v for k, v in timing.items() if k.endswith("_s") and isinstance(v, (int, float))},
+        "variants": {},
+    }
+    bench = cfg.get("bench") or {}
+    for variant, variant_overrides in (bench.get("compare") or {}).items():
+        job = prepare_for_timing(JobSpec.from_config(bench_config(name, overrides, *variant_overrides)))
+        variant_first, variant_steady = epoch_times(job.model.fit(job.train, job.val)["timing"]["epoch_s"])
+        figures["variants"][str(variant)] = {
+            "overrides": list(variant_overrides),
+            "first_s": variant_first,
+            "steady_s": variant_steady,
+        }
+        del job
+        _release()
+    if bench.get("paper"):
+        figures["paper_prediction"] = predict_paper_times(figures, OmegaConf.to_container(bench.paper, resolve=True))
+    return figures
+
+
+def predict_paper_times(training: dict[str, Any], paper: Any) -> dict[str, Any]:
+    """What the paper's training would take on this device, from the measured steady epoch (per
+    training image) and what the fit computes once per training set (``once_s``, per image):
+
+    - one paper job: a category of the bench's size (``train_images``), the one-off work, the
+      first epoch as measured, then ``epochs - 1`` steady epochs;
+    - the paper's whole study: every category of its datasets (their training images,
+      ``paper.train_images``) x ``seeds`` x ``epochs``, the one-off work once per category
+      (cached across seeds).
     Excluded: calibration, testing and profiling, which do not depend on the epochs.
     """
-    images = ulsad["train_images"]
-    per_image_epoch = ulsad["train_epoch_s_cached"] / images
-    per_image_features = ulsad["feature_extraction_s"] / images
-    once = ulsad["feature_extraction_s"] + ulsad["attention_targets_s_once"]
-    job_s = once + ulsad["train_epoch_s_cached_first"] + (PAPER_EPOCHS - 1) * ulsad["train_epoch_s_cached"]
-    total_images = sum(PAPER_TRAIN_IMAGES.values())
-    study_s = total_images * (PAPER_SEEDS * PAPER_EPOCHS * per_image_epoch + per_image_features)
+    images, epochs, seeds = training["train_images"], int(paper["epochs"]), int(paper["seeds"])
+    once = sum(training["once_s"].values())
+    job_s = once + training["first_s"] + (epochs - 1) * training["steady_s"]
+    total_images = sum(int(n) for n in paper["train_images"].values())
+    study_s = total_images * (seeds * epochs * training["steady_s"] + once) / images
     return {
-        "epochs": PAPER_EPOCHS,
-        "seeds": PAPER_SEEDS,
+        "epochs": epochs,
+        "seeds": seeds,
         "job_train_images": images,
         "job_s": round(job_s, 1),
         "study_train_images_per_seed": total_images,
-        "study_categories": PAPER_CATEGORIES,
+        "study_categories": int(paper["categories"]),
         "study_hours": round(study_s / 3600, 2),
     }
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    models = report["models"]
-    reference = models.get("ulsad")
-    if reference is not None and "error" in reference:  # ratios need ULSAD's figures
-        reference = None
-    lines = [
-        "# Efficiency (Table 4 protocol)",
-        "",
-        f"Device: {report['device']}. Images {report['image_size']} x {report['image_size']}, batch "
-        f"{report['batch_size']}, {report['warmup_batches']} warm-up + {report['timed_batches']} timed batches, "
-        f"precisions {', '.join(report['precisions'])} (bf16: each model's precision policy, channels-last on "
-        f"CUDA), cudnn.benchmark "
-        f"{report.get('cudnn_benchmark')}, deterministic algorithms {report.get('deterministic')}, "
-        f"backbone {report['backbone']} ({report['weights']} weights), "
-        f"memory banks from {report['train_images']} training images. Each model runs as in its own job: "
-        "PatchCore last, as it sets glibc's mmap threshold for its process (field malloc_mmap_threshold).",
-        "",
-        "| Model | Precision | Throughput (img/s) | vs ULSAD | Peak memory (MB) | vs ULSAD | Batch 1 (img/s) | "
-        "Batch 1 latency (ms) | I-AUROC vs first precision (points) | Memory measured as |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, result in models.items():
-        if "error" in result:
-            error = " ".join(str(result["error"]).split()).replace("|", "/")
-            lines.append(f"| {name} | | failed: {error} | | | | | | | |")
-            continue
-        for precision, figures in result.get("precisions", {result.get("precision", ""): result}).items():
-            ref = (reference or {}).get("precisions", {}).get(precision, reference) if reference else None
-            t_ratio = f"{figures['throughput_img_s'] / ref['throughput_img_s']:.2f}x" if ref else "—"
-            m_ratio = f"{figures['peak_memory_mb'] / ref['peak_memory_mb']:.2f}x" if ref else "—"
-            delta = figures.get("image_auroc_points_vs_first")
-            delta_text = "—" if delta is None else f"{delta:+.2f}" + ("" if figures.get("within_tolerance") else " (!)")
-            batch1 = f"{figures['throughput_batch1_img_s']:.2f}" if "throughput_batch1_img_s" in figures else "—"
-            latency = f"{figures['latency_ms']:.2f}" if "latency_ms" in figures else "—"
-            lines.append(
-                f"| {name} | {precision} | {figures['throughput_img_s']:.2f} | {t_ratio} | "
-                f"{figures['peak_memory_mb']:.0f} | {m_ratio} | {batch1} | {latency} | {delta_text} | "
-                f"{figures['memory_measure']} |"
-            )
-    if "ulsad_train_epoch_s_cached" in report:
-        lines += ["", ulsad_training_text(report)]
-    lines += ["", f"Goals: {GOALS}.", ""]
-    lines += [f"- {goal}: {'met' if ok else 'NOT met'}" for goal, ok in report.get("goals", {}).items()]
-    return "\n".join(lines) + "\n"
-
-
-def ulsad_training_text(report: dict[str, Any]) -> str:
-    """The paragraph on ULSAD's training epoch and what the paper's setting would take."""
-    text = (
-        f"ULSAD training epoch ({report['ulsad_train_images']} images, steady state: the median of epochs 2 to "
-        f"{report['ulsad_train_epochs_timed']}): {report['ulsad_train_epoch_s_cached']:.2f} s with cached frozen "
-        f"features, {report['ulsad_train_epoch_s_uncached']:.2f} s recomputing the backbone "
-        f"({report['ulsad_epoch_speedup']:.2f}x); the first epoch (autotuning, warm-up) took "
-        f"{report['ulsad_train_epoch_s_cached_first']:.2f} s and {report['ulsad_train_epoch_s_uncached_first']:.2f} s. "
-        f"Computed once per training set and not in the cached epoch: the features "
-        f"({report['ulsad_feature_extraction_s']:.1f} s, computed or read from the disk cache) and Eq. 3's "
-        f"attention targets ({report['ulsad_attention_targets_s_once']:.1f} s)."
-    )
-    paper = report.get("ulsad_paper_prediction")
-    if paper:
-        text += (
-            f" Predicted on this device from the steady epoch: one paper job ({paper['epochs']} epochs, "
-            f"{paper['job_train_images']} training images) {paper['job_s'] / 60:.1f} min; the paper's whole ULSAD "
-            f"study ({paper['study_categories']} categories x {paper['seeds']} seeds, "
-            f"{paper['study_train_images_per_seed']:,} training images per seed) {paper['study_hours']:.1f} hours."
-        )
-    return text
-
-
-def check_goals(report: dict[str, Any]) -> dict[str, bool]:
-    models = report["models"]
-    ok = {k: v for k, v in models.items() if "error" not in v}
-    goals: dict[str, bool] = {}
-    if "ulsad" in ok and "patchcore" in ok:
-        goals["throughput >= PatchCore"] = ok["ulsad"]["throughput_img_s"] >= ok["patchcore"]["throughput_img_s"]
-        goals["memory <= 40% of PatchCore"] = ok["ulsad"]["peak_memory_mb"] <= 0.4 * ok["patchcore"]["peak_memory_mb"]
-    if "ulsad" in ok and "dfr" in ok:
-        goals["throughput >= 2x DFR"] = ok["ulsad"]["throughput_img_s"] >= 2 * ok["dfr"]["throughput_img_s"]
-    if "ulsad_epoch_speedup" in report:
-        goals["cached epoch >= 1.3x faster"] = report["ulsad_epoch_speedup"] >= 1.3
-    return goals
+def run_order(names: list[str], overrides: list[str]) -> list[str]:
+    """The models in the order they are measured: a model whose fit changes the process
+    (:attr:`~ulsad_bench.models.base.AnomalyModel.alters_process`) after the others, so that
+    they are measured as in their own jobs."""
+    alters = {name: model_class_of(str(bench_config(name, overrides).model._target_)).alters_process for name in names}
+    return [n for n in names if not alters[n]] + [n for n in names if alters[n]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Hydra overrides for every model (device=cuda precision=bf16), or MODEL:key=value for one",
     )
     args = parser.parse_args(argv)
-    names = [m for m in args.models.split(",") if m]
-    names = [m for m in names if m != "patchcore"] + [m for m in names if m == "patchcore"]
+    names = run_order([m for m in args.models.split(",") if m], args.overrides)
     setting = bench_config(names[0] if names else "padim", args.overrides)
     try:
         device = resolve_device(str(setting.device))
@@ -357,33 +304,20 @@ def main(argv: list[str] | None = None) -> int:
         report["models"][name] = result
         summary = result.get("error") or f"{result['throughput_img_s']:.2f} img/s, {result['peak_memory_mb']:.0f} MB"
         print(f"[bench] {name}: {summary}", flush=True)
-        if name == "ulsad" and "train_epoch_s_uncached" in result:
-            for key in (
-                "train_epoch_s_cached",
-                "train_epoch_s_uncached",
-                "train_epoch_s_cached_first",
-                "train_epoch_s_uncached_first",
-                "train_epochs_timed",
-                "train_images",
-                "attention_targets_s_once",
-                "feature_extraction_s",
-                "paper_prediction",
-            ):
-                report[f"ulsad_{key}"] = result[key]
-            report["ulsad_epoch_speedup"] = round(result["train_epoch_s_uncached"] / result["train_epoch_s_cached"], 3)
-            paper = result["paper_prediction"]
+        paper = (result.get("training") or {}).get("paper_prediction")
+        if paper:
             print(
-                f"[bench] predicted ULSAD training here: one paper job {paper['job_s'] / 60:.1f} min, the paper's "
+                f"[bench] predicted {name} training here: one paper job {paper['job_s'] / 60:.1f} min, the paper's "
                 f"study {paper['study_hours']:.1f} h",
                 flush=True,
             )
     ok = [r for r in report["models"].values() if "error" not in r]
     if ok:
         report["cudnn_benchmark"], report["deterministic"] = ok[0]["cudnn_benchmark"], ok[0]["deterministic"]
-    report["goals"] = check_goals(report)
+    report["goals"] = efficiency_report.check_goals(report)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "efficiency.json", report)
-    markdown = render_markdown(report)
+    markdown = efficiency_report.render_markdown(report)
     (args.out / "efficiency.md").write_text(markdown)
     print(markdown)
     return 0

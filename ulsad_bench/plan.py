@@ -28,9 +28,7 @@ so relative paths (results, ``cache_dir``, ``dataset.root``) mean what they will
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import os
 import re
 import statistics
@@ -48,6 +46,8 @@ from .environment import describe_device, resolve_device, versions
 from .features import cache_entries
 from .joblock import LOCK_NAME
 from .launch import sweep_command
+from .models.backbone import WEIGHT_POLICIES
+from .models.base import CacheFacts
 from .outcomes import format_duration
 from .protocol import apply_to_splits
 from .records import find_records, inspect_record, is_attempt
@@ -322,10 +322,6 @@ def _size_of(job: PlannedJob) -> Any:
 # ----------------------------------------------------------------------------- cache disk
 
 DECODED = "decoded images (cache.decoded_images)"
-ULSAD_FEATURES = "ULSAD features (train + val)"
-ULSAD_TRAINED = "ULSAD trained models"
-DFR_FEATURES = "DFR features (train)"
-TEACHERS = "EfficientAD distilled teachers"
 
 
 def _images_id(samples: Sequence[Sample], size: int, resize: str, crop: int | None = None) -> str:
@@ -336,44 +332,7 @@ def _images_id(samples: Sequence[Sample], size: int, resize: str, crop: int | No
     return digest.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=32)
-def ulsad_state_bytes(feature_dim: int, architecture: str, image_size: int) -> int:
-    """Bytes of ULSAD's trained state (FRN and global autoencoder, built on the meta device)."""
-    import torch
-
-    from .models.ulsad.torch_model import FeatureReconstructionNetwork, GlobalAutoencoder
-
-    with torch.device("meta"):
-        modules = [
-            FeatureReconstructionNetwork(feature_dim, architecture, True),
-            GlobalAutoencoder(image_size, feature_dim, architecture),
-        ]
-    return sum(v.numel() * v.element_size() for m in modules for v in m.state_dict().values())
-
-
-@functools.lru_cache(maxsize=8)
-def pdn_bytes(model_size: str, out_channels: int) -> int:
-    """Bytes of EfficientAD's teacher (its patch description network, built on the meta device)."""
-    import torch
-
-    from .models import anomalib_adapter as adapter
-
-    with torch.device("meta"):
-        pdn = adapter.build_pdn(model_size, out_channels, padding=True)
-    return sum(v.numel() * v.element_size() for v in pdn.state_dict().values())
-
-
-def dfr_feature_dim(layers: Sequence[str]) -> int:
-    """DFR's regional feature width: the channels of its VGG19 layers (3456 for the 12 layers)."""
-    from .models.dfr.torch_model import VGG19_RELUS, vgg19_plan
-
-    plan = vgg19_plan()
-    return sum(plan[int(VGG19_RELUS[layer].split(".")[1])][1] for layer in dict.fromkeys(layers))
-
-
 def _weights_policy(weights: str) -> str:
-    from .models.backbone import WEIGHT_POLICIES
-
     return weights if weights in WEIGHT_POLICIES else "file"
 
 
@@ -382,20 +341,12 @@ def job_cache_entries(
 ) -> dict[str, dict[str, int]]:
     """The cache entries one job writes, ``{what: {identity: bytes}}``; jobs that share an
     entry (the same images, backbone and settings) give it the same identity. From shapes only:
-
-    - decoded images, when ``cache.decoded_images`` is on: N x 3 x S x S bytes per split
-      (S = ``dataset.image_size``);
-    - ULSAD: the frozen features of train and val, N x ``feature_dim`` x (S'/8)^2 x 4 bytes
-      (S' the size the model sees), and with ``model.reuse_trained`` its trained state per seed;
-    - DFR: the training features, N x feature width x h^2 x 2 (float16) or 4 bytes, none when
-      above ``model.max_cache_gb`` (extracted every epoch instead);
-    - EfficientAD: the distilled teacher (``model.teacher=distilled``, or ``auto`` with a
-      random-init backbone and no teacher file), one per training set;
-    - PaDiM, PatchCore: nothing.
-    ``feature_cache=false`` writes no model entries. What is left out and why goes to ``notes``.
+    decoded images, when ``cache.decoded_images`` is on (N x 3 x S x S bytes per split, S =
+    ``dataset.image_size``, and the test split's masks), and what the model says it caches
+    (:meth:`~ulsad_bench.models.base.AnomalyModel.cache_entries`: ULSAD's features and trained
+    models, DFR's features, EfficientAD's distilled teacher). ``feature_cache=false`` writes no
+    model entries. What is left out and why goes to ``notes``.
     """
-    from .models.ulsad.model import TRAINED_BY
-
     entries: dict[str, dict[str, int]] = {}
     size, resize = spec.data.image_size, spec.data.resize
     notes = [] if notes is None else notes
@@ -409,48 +360,24 @@ def job_cache_entries(
     if not spec.feature_cache:
         notes.append("feature_cache=false: no features or trained models are cached")
         return entries
-    model, name = OmegaConf.create(dict(spec.model_settings)), spec.model
-    crop, seen = spec.data.center_crop, spec.data.model_image_size
-    backbone = [spec.backbone.name, _weights_policy(spec.backbone.weights)]
-    train_id = _images_id(splits.train, size, resize, crop)
-    if name == "ulsad":
-        channels, side = int(model.feature_dim), seen // 8
-        base = json.dumps([backbone, list(model.layers), channels, seen, spec.precision])
-        for samples in (splits.train, splits.val):
-            if samples:
-                key = f"{_images_id(samples, size, resize, crop)}|{base}"
-                entries.setdefault(ULSAD_FEATURES, {})[key] = len(samples) * channels * side * side * 4
-        if bool(model.get("reuse_trained", True)) and not spec.protocol.select_on_test:
-            training = {k: model.get(k) for k in TRAINED_BY}
-            kind = device_kind(device).split(" ")[0]
-            key = json.dumps([train_id, base, spec.seed, kind, spec.precision, training], default=str)
-            state = ulsad_state_bytes(channels, str(model.architecture), seen)
-            entries.setdefault(ULSAD_TRAINED, {})[key] = state + 2 * channels * 4
-    elif name == "dfr":
-        width = dfr_feature_dim(list(model.layers))
-        featmap, kernel, stride = int(model.featmap_size or seen), int(model.kernel_size), int(model.stride)
-        side = (featmap + 2 * ((kernel - stride) // 2) - kernel) // stride + 1
-        nbytes = len(splits.train) * width * side * side * (2 if str(model.cache_dtype) == "float16" else 4)
-        if nbytes <= float(model.max_cache_gb) * 1e9:
-            vgg = [str(model.vgg_padding), str(model.upsample)]
-            key = json.dumps([train_id, backbone, list(model.layers), *vgg, spec.precision])
-            entries.setdefault(DFR_FEATURES, {})[f"{key}|{featmap}|{kernel}|{stride}|{model.cache_dtype}"] = nbytes
-        else:
-            notes.append(
-                f"DFR features above model.max_cache_gb={model.max_cache_gb:g} (GB) are not cached: "
-                "extracted every epoch instead (slower)"
-            )
-    elif name == "efficientad":
-        teacher = str(model.teacher)
-        random_init = _weights_policy(spec.backbone.weights) == "random"
-        if teacher == "distilled" or (teacher == "auto" and random_init and model.get("teacher_weights") is None):
-            from .models.efficientad.model import EFFICIENTAD_MIN_SIZE
-
-            input_size = int(model.input_size or max(seen, EFFICIENTAD_MIN_SIZE))
-            channels = int(model.teacher_out_channels)
-            distillation = OmegaConf.to_container(model.distillation, resolve=True)
-            key = json.dumps([train_id, backbone, input_size, str(model.model_size), channels, distillation])
-            entries.setdefault(TEACHERS, {})[key] = pdn_bytes(str(model.model_size), channels)
+    crop = spec.data.center_crop
+    facts = CacheFacts(
+        train_id=_images_id(splits.train, size, resize, crop),
+        val_id=_images_id(splits.val, size, resize, crop),
+        n_train=len(splits.train),
+        n_val=len(splits.val),
+        image_size=spec.data.model_image_size,
+        backbone=spec.backbone.name,
+        weights_policy=_weights_policy(spec.backbone.weights),
+        precision=spec.precision,
+        seed=spec.seed,
+        device_type=spec.device_type,
+        reuses_trained=not spec.protocol.select_on_test,
+    )
+    found, model_notes = spec.model_class.cache_entries(spec.model_settings, facts)
+    notes.extend(model_notes)
+    for entry in found:
+        entries.setdefault(entry.kind, {})[entry.identity] = entry.nbytes
     return entries
 
 

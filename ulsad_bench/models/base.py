@@ -114,6 +114,9 @@ class AnomalyModel(ABC):
     #: multiple of; checked before a job reads any data (:meth:`check_image_size`)
     min_image_size: int = 1
     image_size_multiple: int = 1
+    #: whether fitting the model changes process-wide state that slows later work in the same
+    #: process (PatchCore: glibc's mmap threshold); ``make bench`` measures such a model last
+    alters_process: bool = False
 
     @classmethod
     def cache_entries(cls, settings: Mapping[str, Any], facts: CacheFacts) -> tuple[list[CacheEntry], list[str]]:

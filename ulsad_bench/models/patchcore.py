@@ -25,6 +25,7 @@ class Patchcore(FeatureBankModel):
     name = "patchcore"
     uses_validation = False  # nothing is calibrated: trains on every training image (anomalib)
     min_image_size = 17  # the map's Gaussian blur (sigma 4, kernel 33) reflect-pads 16 pixels
+    alters_process = True  # its coreset selection sets glibc's mmap threshold for the process
 
     def __init__(
         self,

@@ -42,6 +42,8 @@ the cached features are moved to it once when they fit (less than half its free 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -50,13 +52,20 @@ from torch import nn
 
 from ...data import ImageSet
 from ...environment import adam_implementation, keep_on_device, seeded
-from ..base import AnomalyModel, Prediction, RunContext
+from ..base import AnomalyModel, CacheEntry, CacheFacts, Prediction, RunContext
 from ..precision import autocast_forward
-from ..training import LossSums, train_epochs
-from .torch_model import DFR_LAYERS, DfrModel, FeatCAE, RegionalFeatures
+from ..training import LossSums, TrainingLog, train_epochs
+from .torch_model import DFR_LAYERS, VGG19_RELUS, DfrModel, FeatCAE, RegionalFeatures, feature_side, vgg19_plan
 
 #: Cached features above this size are not kept in the cache's in-process memory.
 MEMORY_CACHE_BYTES = 1 << 30
+FEATURES_ENTRY = "DFR features (train)"
+
+
+def feature_width(layers: list[str]) -> int:
+    """DFR's regional feature width: the channels of its VGG19 layers (3456 for the 12 layers)."""
+    plan = vgg19_plan()
+    return sum(plan[int(VGG19_RELUS[layer].split(".")[1])][1] for layer in dict.fromkeys(layers))
 
 
 def pca_latent_dim(vectors: torch.Tensor, variance_ratio: float) -> int:
@@ -142,6 +151,25 @@ class Dfr(AnomalyModel):
         self.feature_mode = "cached"
 
     # ------------------------------------------------------------------ set-up
+
+    @classmethod
+    def cache_entries(cls, settings: Mapping[str, Any], facts: CacheFacts) -> tuple[list[CacheEntry], list[str]]:
+        """The training features (N x feature width x h^2 x 2 (float16) or 4 bytes), none when above
+        ``max_cache_gb`` (extracted every epoch instead)."""
+        model = cls(**settings)
+        featmap = int(model.featmap_size or facts.image_size)
+        side = feature_side(featmap, model.kernel_size, model.stride)
+        per_value = 2 if model.cache_dtype == "float16" else 4
+        nbytes = facts.n_train * feature_width(model.layers) * side * side * per_value
+        if nbytes > model.max_cache_gb * 1e9:
+            note = (
+                f"DFR features above model.max_cache_gb={model.max_cache_gb:g} (GB) are not cached: extracted every "
+                "epoch instead (slower)"
+            )
+            return [], [note]
+        key = [facts.train_id, model.backbone_name, facts.weights_policy, model.layers, model.vgg_padding]
+        key += [model.upsample, featmap, model.kernel_size, model.stride, model.cache_dtype, facts.precision]
+        return [CacheEntry(FEATURES_ENTRY, json.dumps(key), nbytes)], []
 
     def own_backbone(self) -> str | None:
         return self.backbone_name
@@ -235,8 +263,8 @@ class Dfr(AnomalyModel):
 
     # ------------------------------------------------------------------ training
 
-    def train_epochs(self, cae: FeatCAE, train: ImageSet, features: torch.Tensor | None, epochs: int) -> list[float]:
-        """Train ``cae`` on the l2 reconstruction loss; the mean loss of each epoch.
+    def train_epochs(self, cae: FeatCAE, train: ImageSet, features: torch.Tensor | None, epochs: int) -> TrainingLog:
+        """Train ``cae`` on the l2 reconstruction loss; the mean loss (``mse``) and the seconds of each epoch.
 
         ``features``: the cached ``[N, feature_dim, h, h]`` of ``train`` (CPU or device), or None
         to run the backbone on every batch (:func:`..training.train_epochs`: the loss is read once
@@ -260,8 +288,7 @@ class Dfr(AnomalyModel):
                 optimizer.step()
                 sums.add({"mse": loss}, weight=len(idx))  # the epoch's mean over images
 
-        log = train_epochs(self, epochs, run_epoch, [cae], ["mse"], hint=f"lr {self.lr}, batch size {self.batch_size}")
-        return [epoch["mse"] for epoch in log.losses]
+        return train_epochs(self, epochs, run_epoch, [cae], ["mse"], hint=f"lr {self.lr}, batch size {self.batch_size}")
 
     def fit(self, train: ImageSet, val: ImageSet) -> dict[str, Any]:
         features, reused = self.train_features(train)
@@ -279,7 +306,8 @@ class Dfr(AnomalyModel):
             cae = FeatCAE(feature_dim, latent_dim, self.batch_norm).to(device)
         autocast_forward(cae, self.autocast_dtype)
         self.model = DfrModel(self.features, cae)
-        losses = self.train_epochs(cae, train, features, self.epochs)
+        log = self.train_epochs(cae, train, features, self.epochs)
+        losses = [epoch["mse"] for epoch in log.losses]
         return {
             "train_images": len(train),
             "features": self.feature_mode,
@@ -290,6 +318,7 @@ class Dfr(AnomalyModel):
             "pca_vectors": pca_vectors,
             "loss_per_epoch": [round(v, 6) for v in losses],
             "final_loss": round(losses[-1], 6) if losses else None,
+            "timing": {"epoch_s": log.epoch_s},
         }
 
     # ------------------------------------------------------------------ inference

@@ -113,6 +113,13 @@ def resize_pool_matrix(
     return signals[:, 0, :].T.contiguous()
 
 
+def feature_side(featmap_size: int, kernel_size: int, stride: int) -> int:
+    """The side of the regional features: ``featmap_size`` replication-padded by
+    ``(kernel_size - stride) // 2``, then average-pooled with ``kernel_size`` / ``stride``."""
+    pad = (kernel_size - stride) // 2
+    return (featmap_size + 2 * pad - kernel_size) // stride + 1
+
+
 def vgg19_plan() -> list[tuple[str, int]]:
     """torchvision's ``vgg19().features`` as ``(kind, channels)`` per index (``conv``, ``relu``, ``pool``)."""
     plan: list[tuple[str, int]] = []
@@ -176,8 +183,7 @@ class RegionalFeatures(nn.Module):
         self.featmap_size = int(featmap_size or image_size)
         self.kernel_size, self.stride = int(kernel_size), int(stride)
         self.upsample, self.vgg_padding = upsample, vgg_padding
-        pad = (self.kernel_size - self.stride) // 2
-        self.feature_size = (self.featmap_size + 2 * pad - self.kernel_size) // self.stride + 1
+        self.feature_size = feature_side(self.featmap_size, self.kernel_size, self.stride)
         if self.feature_size < 1:
             raise ValueError(f"featmap_size {self.featmap_size} is smaller than the kernel {self.kernel_size}")
         self.extractor = FeatureExtractor(spec, self.nodes)

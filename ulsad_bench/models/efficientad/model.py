@@ -8,9 +8,11 @@ through :mod:`ulsad_bench.models.anomalib_adapter`.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from torch import nn
 from ...data import ImageSet
 from ...environment import adam_implementation, seeded
 from .. import anomalib_adapter as adapter
-from ..base import AnomalyModel, Prediction, RunContext
+from ..base import AnomalyModel, CacheEntry, CacheFacts, Prediction, RunContext
 from ..precision import autocast_forward
 from ..training import LossSums, train_epochs
 from .penalty import penalty_files, penalty_stream
@@ -38,6 +40,15 @@ from .teacher import (
 
 # EfficientAD's autoencoder halves the image five times, then applies an 8 x 8 convolution.
 EFFICIENTAD_MIN_SIZE = 256
+TEACHERS_ENTRY = "EfficientAD distilled teachers"
+
+
+@functools.lru_cache(maxsize=8)
+def pdn_bytes(model_size: str, out_channels: int) -> int:
+    """Bytes of a distilled teacher (its patch description network, built on the meta device)."""
+    with torch.device("meta"):
+        pdn = adapter.build_pdn(model_size, out_channels, padding=True)
+    return sum(v.numel() * v.element_size() for v in pdn.state_dict().values())
 
 
 class EfficientAd(AnomalyModel):
@@ -163,6 +174,21 @@ class EfficientAd(AnomalyModel):
                 "tables mark it as not the paper's EfficientAD."
             )
         return teacher, penalty
+
+    @classmethod
+    def cache_entries(cls, settings: Mapping[str, Any], facts: CacheFacts) -> tuple[list[CacheEntry], list[str]]:
+        """The distilled teacher (``teacher=distilled``, or ``auto`` with a random-init backbone
+        and no teacher file), one per training set whatever the seed."""
+        model = cls(**settings)
+        teacher = model.teacher_setting
+        random_init = facts.weights_policy == "random"
+        if not (teacher == "distilled" or (teacher == "auto" and random_init and model.teacher_weights is None)):
+            return [], []
+        size = int(model.input_size or max(facts.image_size, EFFICIENTAD_MIN_SIZE))
+        key = [facts.train_id, facts.backbone, facts.weights_policy, size, model.model_size]
+        key += [model.teacher_out_channels, model.distillation.as_record()]
+        nbytes = pdn_bytes(model.model_size, model.teacher_out_channels)
+        return [CacheEntry(TEACHERS_ENTRY, json.dumps(key), nbytes)], []
 
     def check_files(self, weights_policy: str = "imagenet") -> None:
         teacher, penalty = self.resolve_setting(weights_policy)

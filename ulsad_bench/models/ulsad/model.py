@@ -34,8 +34,11 @@ what L_pg trained instead (our choice; the paper does not say): A^ with A for
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -45,7 +48,7 @@ from torch import nn
 
 from ...data import ImageSet
 from ...environment import adam_implementation, keep_on_device, seeded
-from ..base import AnomalyModel, Prediction, RunContext
+from ..base import AnomalyModel, CacheEntry, CacheFacts, Prediction, RunContext
 from ..training import LossSums, train_epochs
 from .losses import LOSS_PG, REDUCTIONS, UlsadLoss, attention_targets
 from .torch_model import (
@@ -77,6 +80,55 @@ TRAINED_BY = (
     "weight_decay",
     "precompute_features",
 )
+
+
+FEATURES_ENTRY = "ULSAD features (train + val)"
+TRAINED_ENTRY = "ULSAD trained models"
+
+
+def feature_key(
+    images: str, backbone: str, weights: Any, layers: list[str], channels: int, size: int, precision: str
+) -> dict[str, Any]:
+    """The feature cache's key of a split's frozen features U: everything they depend on (the
+    images, the backbone and its weights, the layers, c*, the size, the precision policy)."""
+    return {
+        "what": "ulsad-features",
+        "images": images,
+        "backbone": backbone,
+        "weights": weights,
+        "layers": list(layers),
+        "channels": channels,
+        "size": size,
+        "precision": precision,  # the backbone runs under the precision policy
+    }
+
+
+def trained_key(features: dict[str, Any], model: Any, seed: int, device_type: str, image_size: int) -> dict[str, Any]:
+    """The trained-model cache's key: the training features' key, the seed, the device type and
+    every training setting (:data:`TRAINED_BY`) of ``model``."""
+    return {
+        **features,
+        "what": "ulsad-trained",
+        "format": TRAINED_FORMAT,
+        "seed": seed,
+        "device": device_type,
+        "precision": features["precision"],
+        "image_size": image_size,
+        **{k: getattr(model, k) for k in TRAINED_BY},
+    }
+
+
+@functools.lru_cache(maxsize=32)
+def trained_state_bytes(feature_dim: int, architecture: str, image_size: int) -> int:
+    """Bytes of a trained-model cache entry: the FRN's and global autoencoder's state (built on
+    the meta device) and the channel statistics."""
+    with torch.device("meta"):
+        modules = [
+            FeatureReconstructionNetwork(feature_dim, architecture, True),
+            GlobalAutoencoder(image_size, feature_dim, architecture),
+        ]
+    state = sum(v.numel() * v.element_size() for m in modules for v in m.state_dict().values())
+    return state + 2 * feature_dim * 4
 
 
 def resolve_output_relu(setting: bool | str, weights_policy: str) -> bool:
@@ -198,6 +250,34 @@ class Ulsad(AnomalyModel):
             for module in (self.net.aggregator, self.net.frn, self.net.global_ae):
                 module.to(memory_format=torch.channels_last)
 
+    @classmethod
+    def cache_entries(cls, settings: Mapping[str, Any], facts: CacheFacts) -> tuple[list[CacheEntry], list[str]]:
+        """The frozen features of train and val (N x c* x (S/8)^2 x 4 bytes, shared by every seed
+        and scoring setting) and, with ``reuse_trained``, the trained model of each seed."""
+        model = cls(**settings)
+        side = facts.image_size // 8
+        keys = {}
+        entries = []
+        for images, count in ((facts.train_id, facts.n_train), (facts.val_id, facts.n_val)):
+            if count:
+                key = feature_key(
+                    images,
+                    facts.backbone,
+                    facts.weights_policy,
+                    model.layers,
+                    model.feature_dim,
+                    facts.image_size,
+                    facts.precision,
+                )
+                keys.setdefault("train", key)
+                nbytes = count * model.feature_dim * side * side * 4
+                entries.append(CacheEntry(FEATURES_ENTRY, json.dumps(key, sort_keys=True, default=str), nbytes))
+        if model.reuse_trained and facts.reuses_trained and "train" in keys:
+            key = trained_key(keys["train"], model, facts.seed, facts.device_type, facts.image_size)
+            nbytes = trained_state_bytes(model.feature_dim, model.architecture, facts.image_size)
+            entries.append(CacheEntry(TRAINED_ENTRY, json.dumps(key, sort_keys=True, default=str), nbytes))
+        return entries, []
+
     def set_precision(self, precision: str) -> None:
         super().set_precision(precision)
         self.net.autocast_dtype = self.ctx.autocast_dtype
@@ -209,16 +289,9 @@ class Ulsad(AnomalyModel):
 
     def _feature_key(self, images: ImageSet) -> dict[str, Any]:
         spec = self.ctx.backbone
-        return {
-            "what": "ulsad-features",
-            "images": images.key,
-            "backbone": spec.name,
-            "weights": spec.weights.identity,
-            "layers": self.layers,
-            "channels": self.feature_dim,
-            "size": images.size,
-            "precision": self.ctx.precision,  # the backbone runs under the precision policy
-        }
+        return feature_key(
+            images.key, spec.name, spec.weights.identity, self.layers, self.feature_dim, images.size, self.ctx.precision
+        )
 
     def features(self, images: ImageSet) -> torch.Tensor:
         """Frozen features U of a split, ``[N, c*, S/8, S/8]`` on CPU, computed once (cached)."""
@@ -306,16 +379,7 @@ class Ulsad(AnomalyModel):
         }
 
     def _trained_key(self, train: ImageSet) -> dict[str, Any]:
-        return {
-            **self._feature_key(train),
-            "what": "ulsad-trained",
-            "format": TRAINED_FORMAT,
-            "seed": self.ctx.seed,
-            "device": self.ctx.device.type,
-            "precision": self.ctx.precision,
-            "image_size": self.ctx.image_size,
-            **{k: getattr(self, k) for k in TRAINED_BY},
-        }
+        return trained_key(self._feature_key(train), self, self.ctx.seed, self.ctx.device.type, self.ctx.image_size)
 
     def _trained_state(self) -> dict[str, torch.Tensor]:
         """The inference model's state dict without the frozen backbone (the aggregator holds no
