@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REDUCTIONS = ("mean", "sum")
-LOSS_PG = ("attention", "l2", "none")
+from .settings import REDUCTIONS, UlsadSettings
 
 
 def magnitude(a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -99,26 +98,15 @@ class UlsadLoss(nn.Module):
     (U^ against U), and L_lg (Eq. 6); ``forward`` returns the named terms (their sum is
     minimised).
 
-    ``loss_pg``: ``attention`` (L_pg), ``l2`` (L^d_pg) or ``none``; ``loss_lg``: Eq. 6 on/off
-    (Table 3's ablations).
+    From :class:`~.settings.UlsadSettings`: ``loss_pg``: ``attention`` (L_pg), ``l2`` (L^d_pg) or
+    ``none``; ``loss_lg``: Eq. 6 on/off (Table 3's ablations); ``lambda_l``, ``lambda_g``,
+    ``magnitude_reduction``, ``feature_dim``.
     """
 
-    def __init__(
-        self,
-        feature_dim: int,
-        lambda_l: float = 0.5,
-        lambda_g: float = 0.5,
-        reduction: str = "mean",
-        loss_pg: str = "attention",
-        loss_lg: bool = True,
-    ) -> None:
+    def __init__(self, settings: UlsadSettings) -> None:
         super().__init__()
-        if loss_pg not in LOSS_PG:
-            raise ValueError(f"loss_pg must be one of {LOSS_PG}, got {loss_pg!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"magnitude_reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        self.feature_dim, self.lambda_l, self.lambda_g = int(feature_dim), float(lambda_l), float(lambda_g)
-        self.reduction, self.loss_pg, self.loss_lg = reduction, loss_pg, bool(loss_lg)
+        self.feature_dim, self.lambda_l, self.lambda_g = settings.feature_dim, settings.lambda_l, settings.lambda_g
+        self.reduction, self.loss_pg, self.loss_lg = settings.magnitude_reduction, settings.loss_pg, settings.loss_lg
 
     @property
     def terms(self) -> list[str]:

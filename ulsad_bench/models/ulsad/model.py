@@ -49,39 +49,20 @@ from torch import nn
 from ...data import ImageSet
 from ...environment import adam_implementation, keep_on_device, seeded
 from ..base import AnomalyModel, CacheEntry, CacheFacts, Prediction, RunContext
+from ..settings import adopt, as_record
 from ..training import LossSums, train_epochs
-from .losses import LOSS_PG, REDUCTIONS, UlsadLoss, attention_targets
+from .losses import UlsadLoss, attention_targets
+from .settings import TRAINED_BY, UlsadSettings
 from .torch_model import (
-    BRANCHES,
     FeatureAggregator,
     FeatureReconstructionNetwork,
     GlobalAutoencoder,
     UlsadModel,
 )
 
-QUANTILES_ON = ("blurred", "upsampled")
 #: the trained-model cache entry: the inference model's state dict without the frozen backbone
 #: (rebuilt from its weights file), bump when the entry's layout changes
 TRAINED_FORMAT = 2
-#: the config values (``model.<key>``) a trained ULSAD depends on besides data, backbone, seed,
-#: device and precision: the trained-model cache's key (and ``make sweep PLAN=1``'s estimate)
-TRAINED_BY = (
-    "architecture",
-    "output_relu",
-    "lambda_l",
-    "lambda_g",
-    "magnitude_reduction",
-    "loss_pg",
-    "loss_lg",
-    "epochs",
-    "batch_size",
-    "drop_last",
-    "lr",
-    "weight_decay",
-    "precompute_features",
-)
-
-
 FEATURES_ENTRY = "ULSAD features (train + val)"
 TRAINED_ENTRY = "ULSAD trained models"
 
@@ -146,72 +127,10 @@ class Ulsad(AnomalyModel):
     name = "ulsad"
     image_size_multiple = 32  # the global autoencoder's encoder (torch_model.GlobalAutoencoder)
 
-    def __init__(
-        self,
-        layers: tuple[str, ...] = ("layer2", "layer3"),
-        feature_dim: int = 384,
-        architecture: str = "code",
-        output_relu: bool | str = "auto",
-        lambda_l: float = 0.5,
-        lambda_g: float = 0.5,
-        magnitude_reduction: str = "mean",
-        loss_pg: str = "attention",
-        loss_lg: bool = True,
-        branch: str = "both",
-        alpha: float = 0.9,
-        beta: float = 0.995,
-        epochs: int = 200,
-        batch_size: int = 8,
-        lr: float = 2e-4,
-        weight_decay: float = 2e-5,
-        blur_sigma: float | None = None,
-        feature_batch_size: int = 32,
-        reuse_trained: bool = True,
-        cache_attention_target: bool = True,
-        precompute_features: bool = True,
-        drop_last: bool = True,
-        quantiles_on: str = "blurred",
-    ) -> None:
-        if quantiles_on not in QUANTILES_ON:
-            raise ValueError(f"quantiles_on must be one of {QUANTILES_ON}, got {quantiles_on!r}")
-        if loss_pg not in LOSS_PG:
-            raise ValueError(f"loss_pg must be one of {LOSS_PG}, got {loss_pg!r}")
-        if branch not in BRANCHES:
-            raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-        if magnitude_reduction not in REDUCTIONS:
-            raise ValueError(f"magnitude_reduction must be one of {REDUCTIONS}, got {magnitude_reduction!r}")
-        if branch != "local" and loss_pg == "none" and not loss_lg:
-            raise ValueError("the global branch is untrained without L_pg and L_lg: set branch=local")
-        if not 0 <= alpha < beta <= 1:
-            raise ValueError(f"need 0 <= alpha < beta <= 1, got alpha={alpha}, beta={beta}")
-        if not isinstance(output_relu, bool) and output_relu != "auto":
-            raise ValueError(f"output_relu must be true, false or auto, got {output_relu!r}")
-        self.layers = list(layers)
-        self.feature_dim = int(feature_dim)
-        self.architecture = architecture
-        self.output_relu: bool | str = output_relu
-        self.lambda_l = float(lambda_l)
-        self.lambda_g = float(lambda_g)
-        self.magnitude_reduction = magnitude_reduction
-        self.loss_pg = loss_pg
-        self.loss_lg = bool(loss_lg)
-        self.branch = branch
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.blur_sigma = None if blur_sigma is None else float(blur_sigma)
-        self.feature_batch_size = int(feature_batch_size)
-        self.reuse_trained = bool(reuse_trained)
-        self.cache_attention_target = bool(cache_attention_target)
-        self.precompute_features = bool(precompute_features)
-        self.drop_last = bool(drop_last)
-        self.quantiles_on = quantiles_on
-        self.loss = UlsadLoss(
-            self.feature_dim, self.lambda_l, self.lambda_g, self.magnitude_reduction, loss_pg, self.loss_lg
-        )
+    def __init__(self, **settings: Any) -> None:
+        """``settings``: :class:`~.settings.UlsadSettings`'s (``conf/model/ulsad.yaml``), checked there."""
+        adopt(self, UlsadSettings(**settings))
+        self.loss = UlsadLoss(self.settings)
 
     # ------------------------------------------------------------------ set-up
 
@@ -237,12 +156,7 @@ class Ulsad(AnomalyModel):
             frn,
             global_ae,
             ctx.image_size,
-            self.lambda_l,
-            self.lambda_g,
-            self.magnitude_reduction,
-            self.loss_pg,
-            self.loss_lg,
-            self.branch,
+            self.settings,
             self.blur_sigma,
             ctx.autocast_dtype,
         ).to(device)
@@ -459,28 +373,11 @@ class Ulsad(AnomalyModel):
         return [self.net]
 
     def hyperparameters(self) -> dict[str, Any]:
+        """Every setting (``output_relu`` and ``blur_sigma`` as resolved at set-up), the backbone,
+        the optimizer and the calibrated quantiles."""
         return {
             "backbone": self.ctx.backbone.name,
-            "layers": self.layers,
-            "feature_dim": self.feature_dim,
-            "architecture": self.architecture,
-            "output_relu": self.output_relu,
-            "lambda_l": self.lambda_l,
-            "lambda_g": self.lambda_g,
-            "magnitude_reduction": self.magnitude_reduction,
-            "loss_pg": self.loss_pg,
-            "loss_lg": self.loss_lg,
-            "branch": self.branch,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
+            **as_record(self, UlsadSettings),
             "optimizer": "Adam",
-            "blur_sigma": self.blur_sigma,
-            "drop_last": self.drop_last,
-            "precompute_features": self.precompute_features,
-            "quantiles_on": self.quantiles_on,
             "quantiles": dict(self.quantiles),
         }

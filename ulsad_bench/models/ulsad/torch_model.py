@@ -46,10 +46,9 @@ from torch import nn
 from ..backbone import BackboneSpec, FeatureExtractor, Normalize
 from ..filters import GaussianBlur
 from ..precision import autocast_forward
-from .losses import LOSS_PG, attention_map, distance_map
+from .losses import attention_map, distance_map
+from .settings import ARCHITECTURES, UlsadSettings
 
-ARCHITECTURES = ("paper", "code")
-BRANCHES = ("both", "local", "global")
 MAP_NAMES = ("local", "global")
 
 
@@ -182,7 +181,8 @@ class UlsadModel(nn.Module):
     global_beta]`` (Section 3.5, set by calibration; float64 as computed).
 
     The networks are built by the caller (the harness seeds the trainable ones, the backbone
-    comes from its weights). ``autocast_dtype``: bf16 autocast of the networks (the backbone,
+    comes from its weights); ``settings`` gives the loss and map choices (lambda_l, lambda_g,
+    magnitude_reduction, loss_pg, loss_lg, branch). ``autocast_dtype``: bf16 autocast of the networks (the backbone,
     N_psi, N_phi: ``precision=bf16``, :mod:`..precision`), None for fp32; read at every call.
     The networks hand fp32 outputs on: FA, standardisation, distances, quantiles and
     normalisation always run in fp32.
@@ -194,23 +194,15 @@ class UlsadModel(nn.Module):
         frn: FeatureReconstructionNetwork,
         global_ae: GlobalAutoencoder,
         image_size: int,
-        lambda_l: float = 0.5,
-        lambda_g: float = 0.5,
-        magnitude_reduction: str = "mean",
-        loss_pg: str = "attention",
-        loss_lg: bool = True,
-        branch: str = "both",
+        settings: UlsadSettings,
         blur_sigma: float = 4.0,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if loss_pg not in LOSS_PG:
-            raise ValueError(f"loss_pg must be one of {LOSS_PG}, got {loss_pg!r}")
-        if branch not in BRANCHES:
-            raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
         self.feature_dim, self.image_size = aggregator.feature_dim, int(image_size)
-        self.lambda_l, self.lambda_g, self.reduction = float(lambda_l), float(lambda_g), magnitude_reduction
-        self.loss_pg, self.loss_lg, self.branch = loss_pg, bool(loss_lg), branch
+        self.lambda_l, self.lambda_g = settings.lambda_l, settings.lambda_g
+        self.reduction = settings.magnitude_reduction
+        self.loss_pg, self.loss_lg, self.branch = settings.loss_pg, settings.loss_lg, settings.branch
         self.autocast_dtype = autocast_dtype
         self.aggregator, self.frn, self.global_ae = aggregator, frn, global_ae
         for network in (aggregator.extractor, frn, global_ae):
