@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -9,9 +10,24 @@ from torch import nn
 from .anomalib_adapter import build_padim, fit_gaussian
 from .base import RunContext
 from .feature_bank import FeatureBankModel
+from .settings import adopt, as_record, coerce
 
 # PaDiM paper (Defard et al. 2021), also anomalib's table: retained feature dimensions.
 PADIM_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
+
+
+@dataclass(frozen=True)
+class PadimSettings:
+    """PaDiM's settings (``conf/model/padim.yaml``): layers 1-3 and the retained feature count of
+    the PaDiM paper (None: 100 for ResNet-18, 550 for Wide-ResNet-50-2 and any other backbone)."""
+
+    layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
+    n_features: int | None = None
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        coerce(self, n_features=int, batch_size=int)
 
 
 class Padim(FeatureBankModel):
@@ -26,15 +42,9 @@ class Padim(FeatureBankModel):
     uses_validation = False  # nothing is calibrated: trains on every training image (anomalib)
     min_image_size = 17  # the map's Gaussian blur (sigma 4, kernel 33) reflect-pads 16 pixels
 
-    def __init__(
-        self,
-        layers: tuple[str, ...] = ("layer1", "layer2", "layer3"),
-        n_features: int | None = None,
-        batch_size: int = 32,
-    ) -> None:
-        self.layers = list(layers)
-        self.n_features = n_features
-        self.batch_size = batch_size
+    def __init__(self, **settings: Any) -> None:
+        """``settings``: :class:`PadimSettings`'s."""
+        adopt(self, PadimSettings(**settings))
 
     def _build(self, ctx: RunContext) -> nn.Module:
         if self.n_features is None:
@@ -46,4 +56,4 @@ class Padim(FeatureBankModel):
         return {}
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"layers": self.layers, "n_features": self.n_features, "batch_size": self.batch_size}
+        return as_record(self, PadimSettings)  # n_features as resolved for the backbone

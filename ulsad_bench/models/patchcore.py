@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -10,6 +11,23 @@ from ..environment import limit_heap_fragmentation, seeded
 from .anomalib_adapter import build_patchcore, select_coreset, stored_patches
 from .base import RunContext
 from .feature_bank import FeatureBankModel
+from .settings import adopt, as_record, coerce
+
+
+@dataclass(frozen=True)
+class PatchcoreSettings:
+    """PatchCore's settings (``conf/model/patchcore.yaml``): the PatchCore paper's and anomalib's."""
+
+    layers: tuple[str, ...] = ("layer2", "layer3")
+    coreset_sampling_ratio: float = 0.1
+    num_neighbors: int = 9
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        coerce(self, coreset_sampling_ratio=float, num_neighbors=int, batch_size=int)
+        if not 0 < self.coreset_sampling_ratio <= 1:
+            raise ValueError(f"coreset_sampling_ratio must be in (0, 1], got {self.coreset_sampling_ratio}")
 
 
 class Patchcore(FeatureBankModel):
@@ -27,19 +45,9 @@ class Patchcore(FeatureBankModel):
     min_image_size = 17  # the map's Gaussian blur (sigma 4, kernel 33) reflect-pads 16 pixels
     alters_process = True  # its coreset selection sets glibc's mmap threshold for the process
 
-    def __init__(
-        self,
-        layers: tuple[str, ...] = ("layer2", "layer3"),
-        coreset_sampling_ratio: float = 0.1,
-        num_neighbors: int = 9,
-        batch_size: int = 32,
-    ) -> None:
-        if not 0 < coreset_sampling_ratio <= 1:
-            raise ValueError(f"coreset_sampling_ratio must be in (0, 1], got {coreset_sampling_ratio}")
-        self.layers = list(layers)
-        self.coreset_sampling_ratio = float(coreset_sampling_ratio)
-        self.num_neighbors = int(num_neighbors)
-        self.batch_size = batch_size
+    def __init__(self, **settings: Any) -> None:
+        """``settings``: :class:`PatchcoreSettings`'s."""
+        adopt(self, PatchcoreSettings(**settings))
 
     def _build(self, ctx: RunContext) -> nn.Module:
         return build_patchcore(ctx.backbone.name, self.layers, self.num_neighbors)
@@ -52,10 +60,4 @@ class Patchcore(FeatureBankModel):
         return {"train_patches": patches, "memory_bank": memory_bank}
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "layers": self.layers,
-            "coreset_sampling_ratio": self.coreset_sampling_ratio,
-            "num_neighbors": self.num_neighbors,
-            "batch_size": self.batch_size,
-            "blur_sigma": 4,  # anomalib's AnomalyMapGenerator (fixed)
-        }
+        return {**as_record(self, PatchcoreSettings), "blur_sigma": 4}  # anomalib's AnomalyMapGenerator (fixed)

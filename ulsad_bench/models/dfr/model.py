@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,6 +55,7 @@ from ...data import ImageSet
 from ...environment import adam_implementation, keep_on_device, seeded
 from ..base import AnomalyModel, CacheEntry, CacheFacts, Prediction, RunContext
 from ..precision import autocast_forward
+from ..settings import adopt, as_record, coerce
 from ..training import LossSums, TrainingLog, train_epochs
 from .torch_model import DFR_LAYERS, VGG19_RELUS, DfrModel, FeatCAE, RegionalFeatures, feature_side, vgg19_plan
 
@@ -95,6 +97,42 @@ def pca_latent_dim(vectors: torch.Tensor, variance_ratio: float) -> int:
     return min(k, len(eigenvalues))
 
 
+@dataclass(frozen=True)
+class DfrSettings:
+    """DFR's settings (``conf/model/dfr.yaml``), each from the authors' code (module docstrings)."""
+
+    backbone: str = "vgg19"
+    layers: tuple[str, ...] = DFR_LAYERS
+    vgg_padding: str = "reflect"
+    upsample: str = "bilinear"
+    featmap_size: int | None = None
+    kernel_size: int = 4
+    stride: int = 4
+    latent_dim: int | None = None
+    variance_ratio: float = 0.9
+    pca_images: int = 10
+    batch_norm: bool = True
+    epochs: int = 150
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    feature_batch_size: int = 8
+    cache_dtype: str = "float16"
+    max_cache_gb: float = 16.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        coerce(self, kernel_size=int, stride=int, variance_ratio=float, pca_images=int, batch_norm=bool)
+        coerce(self, epochs=int, batch_size=int, lr=float, weight_decay=float, feature_batch_size=int)
+        coerce(self, max_cache_gb=float)
+        if self.backbone != "vgg19":
+            raise ValueError(f"DFR's regional features are defined on vgg19, got backbone={self.backbone!r}")
+        if self.cache_dtype not in ("float16", "float32"):
+            raise ValueError(f"cache_dtype must be float16 or float32, got {self.cache_dtype!r}")
+        if self.latent_dim is not None and self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be positive or null (PCA), got {self.latent_dim}")
+
+
 class Dfr(AnomalyModel):
     """DFR as a model of the harness (see the module docstrings for every source)."""
 
@@ -102,52 +140,10 @@ class Dfr(AnomalyModel):
     uses_validation = False  # nothing is calibrated: trains on every training image (anomalib)
     min_image_size = 16  # VGG19's four poolings before relu4_4 and the 4 x 4 regional windows
 
-    def __init__(
-        self,
-        backbone: str = "vgg19",
-        layers: tuple[str, ...] = DFR_LAYERS,
-        vgg_padding: str = "reflect",
-        upsample: str = "bilinear",
-        featmap_size: int | None = None,
-        kernel_size: int = 4,
-        stride: int = 4,
-        latent_dim: int | None = None,
-        variance_ratio: float = 0.9,
-        pca_images: int = 10,
-        batch_norm: bool = True,
-        epochs: int = 150,
-        batch_size: int = 4,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        feature_batch_size: int = 8,
-        cache_dtype: str = "float16",
-        max_cache_gb: float = 16.0,
-    ) -> None:
-        if backbone != "vgg19":
-            raise ValueError(f"DFR's regional features are defined on vgg19, got backbone={backbone!r}")
-        if cache_dtype not in ("float16", "float32"):
-            raise ValueError(f"cache_dtype must be float16 or float32, got {cache_dtype!r}")
-        if latent_dim is not None and latent_dim < 1:
-            raise ValueError(f"latent_dim must be positive or null (PCA), got {latent_dim}")
-        self.backbone_name = backbone
-        self.layers = list(layers)
-        self.vgg_padding = vgg_padding
-        self.upsample = upsample
-        self.featmap_size = featmap_size
-        self.kernel_size = int(kernel_size)
-        self.stride = int(stride)
-        self.config_latent_dim = latent_dim  # None: chosen by PCA in fit()
-        self.latent_dim: int | None = latent_dim
-        self.variance_ratio = float(variance_ratio)
-        self.pca_images = int(pca_images)
-        self.batch_norm = bool(batch_norm)
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.feature_batch_size = int(feature_batch_size)
-        self.cache_dtype = cache_dtype
-        self.max_cache_gb = float(max_cache_gb)
+    def __init__(self, **settings: Any) -> None:
+        """``settings``: :class:`DfrSettings`'s (``conf/model/dfr.yaml``), checked there."""
+        adopt(self, DfrSettings(**settings))
+        self.config_latent_dim = self.latent_dim  # None: chosen by PCA in fit()
         self.feature_mode = "cached"
 
     # ------------------------------------------------------------------ set-up
@@ -167,12 +163,12 @@ class Dfr(AnomalyModel):
                 "epoch instead (slower)"
             )
             return [], [note]
-        key = [facts.train_id, model.backbone_name, facts.weights_policy, model.layers, model.vgg_padding]
+        key = [facts.train_id, model.backbone, facts.weights_policy, model.layers, model.vgg_padding]
         key += [model.upsample, featmap, model.kernel_size, model.stride, model.cache_dtype, facts.precision]
         return [CacheEntry(FEATURES_ENTRY, json.dumps(key), nbytes)], []
 
     def own_backbone(self) -> str | None:
-        return self.backbone_name
+        return self.backbone
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
@@ -335,32 +331,19 @@ class Dfr(AnomalyModel):
         return [self.model] if self.model is not None else [self.features]
 
     def hyperparameters(self) -> dict[str, Any]:
+        """Every setting (the layers, feature-map size and latent width as resolved), what they make
+        of the regional features, and the fixed choices of the authors' code."""
         f = self.features
+        resolved = {"backbone": self.ctx.backbone.name, "layers": list(f.layers), "featmap_size": f.featmap_size}
         return {
-            "backbone": self.ctx.backbone.name,
-            "layers": list(f.layers),
+            **as_record(self, DfrSettings, **resolved),
             "nodes": list(f.nodes),
-            "vgg_padding": f.vgg_padding,
-            "upsample": f.upsample,
-            "featmap_size": f.featmap_size,
-            "kernel_size": f.kernel_size,
-            "stride": f.stride,
             "channels": f.feature_dim,
             "feature_size": f.feature_size,
-            "latent_dim": self.latent_dim,
             "latent_dim_source": self.latent_dim_source,
-            "variance_ratio": self.variance_ratio,
-            "pca_images": self.pca_images,
-            "batch_norm": self.batch_norm,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
             "optimizer": "Adam",
             "loss": "mse",
             "map": "channel-mean squared error, bilinear (align_corners) to the image, no blur",
             "score": "max",
             "features": self.feature_mode,
-            "cache_dtype": self.cache_dtype,
-            "max_cache_gb": self.max_cache_gb,
         }

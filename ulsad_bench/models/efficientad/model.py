@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ...environment import adam_implementation, seeded
 from .. import anomalib_adapter as adapter
 from ..base import AnomalyModel, CacheEntry, CacheFacts, Prediction, RunContext
 from ..precision import autocast_forward
+from ..settings import adopt, as_record, coerce
 from ..training import LossSums, train_epochs
 from .penalty import penalty_files, penalty_stream
 from .teacher import (
@@ -49,6 +50,51 @@ def pdn_bytes(model_size: str, out_channels: int) -> int:
     with torch.device("meta"):
         pdn = adapter.build_pdn(model_size, out_channels, padding=True)
     return sum(v.numel() * v.element_size() for v in pdn.state_dict().values())
+
+
+@dataclass(frozen=True)
+class EfficientAdSettings:
+    """EfficientAD's settings (``conf/model/efficientad.yaml``): anomalib's and the EfficientAD
+    paper's (:class:`EfficientAd` says which and where they differ)."""
+
+    model_size: str = "small"
+    teacher_out_channels: int = 384
+    padding: bool = False
+    pad_maps: bool = True
+    steps: int = 70000
+    max_epochs: int | None = 1000
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    lr_decay_at: float | None = 0.95
+    hard_quantile: float = 0.999
+    map_quantiles: tuple[float, float] = (0.9, 0.995)
+    input_size: int | None = None
+    teacher_weights: str | None = None
+    distillation: dict[str, Any] | None = None
+    penalty_dir: str | None = None
+    penalty_grayscale: float = 0.3
+    penalty_workers: int = 2
+    teacher: str = "auto"
+    penalty: str = "auto"
+
+    def __post_init__(self) -> None:
+        coerce(self, teacher_out_channels=int, padding=bool, pad_maps=bool, steps=int, max_epochs=int, lr=float)
+        coerce(self, weight_decay=float, lr_decay_at=float, hard_quantile=float, penalty_grayscale=float)
+        coerce(self, penalty_workers=int)
+        object.__setattr__(self, "map_quantiles", tuple(float(q) for q in self.map_quantiles))
+        if self.teacher not in ("auto", "pretrained", "distilled"):
+            raise ValueError(f"model.teacher must be auto, pretrained or distilled, got {self.teacher!r}")
+        if self.penalty not in ("auto", "imagenette", "off"):
+            raise ValueError(f"model.penalty must be auto, imagenette or off, got {self.penalty!r}")
+        if self.model_size not in ("small", "medium"):
+            raise ValueError(f"model_size must be 'small' or 'medium', got {self.model_size!r}")
+        if self.input_size is not None and self.input_size < EFFICIENTAD_MIN_SIZE:
+            raise ValueError(f"input_size must be at least {EFFICIENTAD_MIN_SIZE} (EfficientAD's autoencoder)")
+        if self.lr_decay_at is not None and not 0 < self.lr_decay_at <= 1:
+            raise ValueError(f"lr_decay_at must be in (0, 1] or null, got {self.lr_decay_at}")
+        low, high = self.map_quantiles
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"map_quantiles must be two increasing values in [0, 1], got {self.map_quantiles}")
 
 
 class EfficientAd(AnomalyModel):
@@ -86,62 +132,15 @@ class EfficientAd(AnomalyModel):
 
     name = "efficientad"
 
-    def __init__(
-        self,
-        model_size: str = "small",
-        teacher_out_channels: int = 384,
-        padding: bool = False,
-        pad_maps: bool = True,
-        steps: int = 70000,
-        max_epochs: int | None = 1000,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-5,
-        lr_decay_at: float | None = 0.95,
-        hard_quantile: float = 0.999,
-        map_quantiles: tuple[float, float] = (0.9, 0.995),
-        input_size: int | None = None,
-        teacher_weights: str | None = None,
-        distillation: dict[str, Any] | None = None,
-        penalty_dir: str | None = None,
-        penalty_grayscale: float = 0.3,
-        penalty_workers: int = 2,
-        teacher: str = "auto",
-        penalty: str = "auto",
-    ) -> None:
-        if teacher not in ("auto", "pretrained", "distilled"):
-            raise ValueError(f"model.teacher must be auto, pretrained or distilled, got {teacher!r}")
-        if penalty not in ("auto", "imagenette", "off"):
-            raise ValueError(f"model.penalty must be auto, imagenette or off, got {penalty!r}")
-        if model_size not in ("small", "medium"):
-            raise ValueError(f"model_size must be 'small' or 'medium', got {model_size!r}")
-        if input_size is not None and input_size < EFFICIENTAD_MIN_SIZE:
-            raise ValueError(f"input_size must be at least {EFFICIENTAD_MIN_SIZE} (EfficientAD's autoencoder)")
-        if lr_decay_at is not None and not 0 < lr_decay_at <= 1:
-            raise ValueError(f"lr_decay_at must be in (0, 1] or null, got {lr_decay_at}")
-        low, high = map(float, map_quantiles)
-        if not 0 <= low < high <= 1:
-            raise ValueError(f"map_quantiles must be two increasing values in [0, 1], got {map_quantiles}")
-        self.model_size = model_size
-        self.teacher_out_channels = int(teacher_out_channels)
-        self.padding = bool(padding)
-        self.pad_maps = bool(pad_maps)
-        self.steps = int(steps)
-        self.max_epochs = None if max_epochs is None else int(max_epochs)
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.lr_decay_at = None if lr_decay_at is None else float(lr_decay_at)
-        self.hard_quantile = float(hard_quantile)
-        self.map_quantiles = (low, high)
-        self.input_size = input_size
-        self.teacher_weights = teacher_weights
-        self.distillation = DistillationConfig.from_dict(distillation or {})
-        self.penalty_dir = penalty_dir
-        self.penalty_grayscale = float(penalty_grayscale)
-        self.penalty_workers = int(penalty_workers)
-        self.teacher_setting = teacher
-        self.penalty_setting = penalty
+    def __init__(self, **settings: Any) -> None:
+        """``settings``: :class:`EfficientAdSettings`'s (``conf/model/efficientad.yaml``), checked there."""
+        adopt(self, EfficientAdSettings(**settings))
+        self.map_quantiles = tuple(self.map_quantiles)
+        self.distillation = DistillationConfig.from_dict(self.settings.distillation or {})
+        self.teacher_setting, self.penalty_setting = self.teacher, self.penalty  # resolved in setup
         self.teacher_record: dict[str, Any] = {}
         self.penalty_record: str | dict[str, Any] = "off"
+        self.penalty_images: list[Path] | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -213,10 +212,10 @@ class EfficientAd(AnomalyModel):
             file = teacher_file(self.teacher_weights, self.model_size)
             self.teacher_record = load_teacher(adapter.efficientad_teacher(self.model), file)
         use_penalty = self.penalty_setting == "imagenette" and self.penalty_dir is not None
-        self.penalty = penalty_files(self.penalty_dir) if use_penalty else None
-        if self.penalty is not None:
+        self.penalty_images = penalty_files(self.penalty_dir) if use_penalty else None
+        if self.penalty_images is not None:
             folder = Path(self.penalty_dir).expanduser().resolve()
-            self.penalty_record = {"dir": str(folder), "images": len(self.penalty)}
+            self.penalty_record = {"dir": str(folder), "images": len(self.penalty_images)}
 
     def _distil(self, train: ImageSet) -> None:
         spec = self.ctx.backbone
@@ -304,12 +303,12 @@ class EfficientAd(AnomalyModel):
 
     def _penalty_images(self) -> Iterator[torch.Tensor | None]:
         """One penalty image ``[1, 3, S, S]`` per step, or None forever when the penalty is off."""
-        if self.penalty is None:
+        if self.penalty_images is None:
             yield from itertools.repeat(None)
             return
         pin = self.ctx.device.type == "cuda"
         stream = penalty_stream(
-            self.penalty, self.size, self.penalty_grayscale, self.ctx.seed, self.penalty_workers, pin
+            self.penalty_images, self.size, self.penalty_grayscale, self.ctx.seed, self.penalty_workers, pin
         )
         for images in stream:
             yield images.to(self.ctx.device, non_blocking=True)
@@ -414,24 +413,19 @@ class EfficientAd(AnomalyModel):
         return [self.model]
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "model_size": self.model_size,
-            "teacher_out_channels": self.teacher_out_channels,
-            "padding": self.padding,
-            "pad_maps": self.pad_maps,
-            "steps": self.steps,
-            "max_epochs": self.max_epochs,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "lr_decay_at": self.lr_decay_at,
-            "batch_size": 1,  # anomalib requires it (EfficientAD paper)
-            "hard_quantile": self.hard_quantile,
-            "map_quantiles": list(self.map_quantiles),
+        """Every setting (the input size, teacher and penalty as resolved: where they came from),
+        the batch size anomalib requires, and whether this is the paper's setting."""
+        resolved = {
             "input_size": getattr(self, "size", self.input_size),
+            "map_quantiles": list(self.map_quantiles),
+            "distillation": self.distillation.as_record(),
             "teacher": self.teacher_record or {"source": "file" if self.teacher_weights else "distilled"},
             "penalty": self.penalty_record,
+        }
+        return {
+            **as_record(self, EfficientAdSettings, **resolved),
+            "batch_size": 1,  # anomalib requires it (EfficientAD paper)
             "teacher_setting": self.teacher_setting,
             "penalty_setting": self.penalty_setting,
             "paper_setting": self.teacher_setting == "pretrained" and self.penalty_setting == "imagenette",
-            "penalty_grayscale": self.penalty_grayscale,
         }
