@@ -161,6 +161,12 @@ class Audit:
 
     def finish(self, table: Table, per: str | None, direction: str = "higher is better") -> Table:
         """Write the collected warnings and notes into ``table`` (``per`` None: no best marks)."""
+        table.warnings = self._warnings() + self.extra_warnings
+        table.notes = self._notes(per, direction) + self.extra_notes
+        return table
+
+    def _warnings(self) -> list[str]:
+        """The table's warnings (its caption), from what was collected."""
         warnings = []
         if self.random:
             warnings.append(RANDOM_WARNING)
@@ -180,7 +186,10 @@ class Audit:
             warnings.append(SUBSTITUTE_WARNING)
         if self.unverified:
             warnings.append(UNVERIFIED_WARNING)
-        table.warnings = warnings + self.extra_warnings
+        return warnings
+
+    def _notes(self, per: str | None, direction: str) -> list[str]:
+        """The table's notes, from what was collected."""
         notes = list(CONVENTIONS)
         if per:
             notes.append(RANK_NOTE.format(per=per, direction=direction))
@@ -240,5 +249,4 @@ class Audit:
                 "Made from a git tree with uncommitted changes (the commit in the record does not say which code "
                 f"ran; the records are listed in the index): {_short_list(list(self.dirty))}."
             )
-        table.notes = notes + self.extra_notes
-        return table
+        return notes
