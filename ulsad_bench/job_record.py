@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from .environment import versions
 from .protocol import Protocol
 from .records import config_hash
+from .spec import JobSpec
 
 
 def now() -> str:
@@ -88,13 +89,13 @@ class Progress:
         self.finished = now()
 
 
-def out_of_memory_hint(err: BaseException, cfg: DictConfig) -> str:
+def out_of_memory_hint(err: BaseException, spec: JobSpec) -> str:
     """What to lower when the GPU ran out of memory (empty for other errors)."""
     if not isinstance(err, torch.cuda.OutOfMemoryError):
         return ""
     return (
-        f"out of GPU memory with model.batch_size={cfg.model.get('batch_size')}, "
-        f"eval_batch_size={cfg.eval_batch_size}, profile.batch_size={cfg.profile.batch_size}: "
+        f"out of GPU memory with model.batch_size={spec.model_settings.get('batch_size')}, "
+        f"eval_batch_size={spec.eval_batch_size}, profile.batch_size={spec.profile.batch_size}: "
         "lower these (or dataset.image_size) and run again"
     )
 

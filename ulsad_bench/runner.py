@@ -351,9 +351,7 @@ def _refuse_settings(cfg: DictConfig, run_dir: Path, progress: Progress, err: Ex
     return record
 
 
-def _attempt(
-    cfg: DictConfig, spec: JobSpec, run_dir: Path, progress: Progress, listing: Listing | None
-) -> tuple[dict[str, Any], bool]:
+def _attempt(spec: JobSpec, run_dir: Path, progress: Progress, listing: Listing | None) -> tuple[dict[str, Any], bool]:
     """Under the job's lock: the resume decision, then the job in a fresh attempt folder.
     Returns its record (the ok one it skipped on, the new one, or the failed attempt's) and
     whether this run wrote it."""
@@ -372,7 +370,7 @@ def _attempt(
         progress.prepared = job.record
         execute(job, progress, attempt_dir)
     except Exception as err:  # one job's failure is recorded, never lost, never fatal to a sweep
-        progress.fail(err, out_of_memory_hint(err, cfg))
+        progress.fail(err, out_of_memory_hint(err, spec))
         log.error("job failed: %s", progress.error)
         kept, record = _keep_failure(attempt_dir, run_dir, progress)
         kept_note = f" (the ok record is kept; this: {kept})" if decision.existing.ok else ""
@@ -416,7 +414,7 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
             return {**assemble(progress), "status": "locked", "holder": lock.holder}
         if lock.took_over:
             log.info("took over the lock left by %s (no longer running): %s", describe_holder(lock.holder), run_dir)
-        record, wrote = _attempt(cfg, spec, run_dir, progress, listing)
+        record, wrote = _attempt(spec, run_dir, progress, listing)
     if wrote:
         log.info(summary_line(record))
         _log_to_tracker(spec, record, run_dir)
