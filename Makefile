@@ -25,6 +25,32 @@ DEVICE ?=
 ARGS ?=
 CACHE_DIR ?= $(or $(ULSAD_BENCH_CACHE),.cache/ulsad_bench)
 
+# Variables read from the command line (make sweep MODELS=... ARGS="..."). Any other given there is
+# refused before any target runs: a typo (MODEL=, DATASETS=) would otherwise be ignored silently.
+KNOWN_VARIABLES := DATASET MODELS SEEDS RESULTS N_JOBS DATASET_ROOT LAUNCHER PLAN DEVICE ARGS CACHE_DIR \
+	ULSAD_BENCH_CACHE PYTHON VENV XDG_CACHE_HOME WANDB_MODE
+UNKNOWN_VARIABLES := $(filter-out $(KNOWN_VARIABLES),$(foreach v,$(.VARIABLES),$(if $(findstring command line,$(origin $(v))),$(v))))
+ifneq ($(UNKNOWN_VARIABLES),)
+$(error unknown variable(s) on the command line: $(UNKNOWN_VARIABLES). This Makefile reads: $(KNOWN_VARIABLES))
+endif
+
+# make clean-cache deletes $(CACHE_DIR)/features: refused, before any target runs, for an empty
+# CACHE_DIR (it would be /features) and for one that is / or the home folder.
+ifneq ($(filter clean-cache,$(MAKECMDGOALS)),)
+ifeq ($(strip $(CACHE_DIR)),)
+$(error make clean-cache: CACHE_DIR is empty, which would delete /features; give the cache folder, e.g. CACHE_DIR=.cache/ulsad_bench)
+endif
+CACHE_PATHS := $(abspath $(CACHE_DIR)) $(realpath $(CACHE_DIR))
+ifneq ($(filter / //,$(CACHE_PATHS)),)
+$(error make clean-cache: CACHE_DIR=$(CACHE_DIR) is the root folder; give the cache folder, e.g. CACHE_DIR=.cache/ulsad_bench)
+endif
+ifneq ($(HOME),)
+ifneq ($(filter $(abspath $(HOME)) $(realpath $(HOME)),$(CACHE_PATHS)),)
+$(error make clean-cache: CACHE_DIR=$(CACHE_DIR) is the home folder; give the cache folder, e.g. CACHE_DIR=.cache/ulsad_bench)
+endif
+endif
+endif
+
 .PHONY: install test test-all lint demo sweep tables bench bench-metrics clean clean-cache
 
 install: $(STAMP)

@@ -138,13 +138,13 @@ def test_a_failed_attempt_beside_an_ok_record_counts_as_failed_in_the_sweep(shar
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny_cfg, tmp_path: Path) -> None:
-    record = runner.run(
-        tiny_cfg("model=ulsad", "model.feature_dim=16", "model.epochs=2", "model.lr=1e30"), tmp_path / "run"
-    )
+    # loss weights within their range (>= 0) whose terms overflow float32 (a learning rate that large is refused)
+    overflow = ["model.lambda_l=1e38", "model.lambda_g=1e38"]
+    record = runner.run(tiny_cfg("model=ulsad", "model.feature_dim=16", "model.epochs=2", *overflow), tmp_path / "run")
     assert record["status"] == "failed"
     # read once per epoch on the device (models/training.py): stopped at the end of the epoch, epoch and step named
     assert re.search(r"FloatingPointError: ulsad: training loss not finite at epoch \d, step \d", record["error"])
-    assert "lr 1e+30" in record["error"] and "fit" not in record
+    assert "lr 0.0002, batch size 8" in record["error"] and "fit" not in record
 
 
 class FakeRun:

@@ -11,12 +11,17 @@ One definition, :data:`NON_RESULT_KEYS`, serves the three places that must agree
   must agree on every result key.
 
 A key is matched with its dotted sub-keys (``profile`` covers ``profile.batch_size``).
+
+The run folder's name parts (``dataset.name``, ``dataset.category``, ``model.name``, ``variant``,
+``seed``) must be plain names (:func:`plain_name`): the ``run_folder`` resolver refuses any other as
+Hydra names the folder, before it creates it, so no setting can lead outside ``output_root``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +67,40 @@ NON_RESULT_KEYS: dict[str, str] = {
 #: ``experiment`` and ``ablation`` presets set ``variant``. Matched exactly: ``dataset`` is the
 #: dataset's name, ``dataset.image_size`` still names the folder.
 FOLDER_KEYS = ("seed", "model", "dataset", "dataset.category", "variant", "experiment", "ablation")
+
+#: The settings whose values are parts of a run folder's path (``<dataset.name>/<dataset.category>/
+#: <model.name>[-<variant>]/.../seed=<seed>``), each a plain name (:data:`PLAIN_NAME`).
+FOLDER_NAME_SETTINGS = ("dataset.name", "dataset.category", "model.name", "variant", "seed")
+#: A plain name: letters, digits and ``._+-=,``, not starting with a dot (so never ``.`` or ``..``)
+#: and without ``/``: a single folder name wherever it is put in a path.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_+=,-][A-Za-z0-9._+=,-]*")
+PLAIN_NAME_RULE = "letters, digits and ._+-=, only, not starting with a dot (no '/', '.' or '..')"
+
+
+def plain_name(setting: str, value: object) -> str:
+    """``value`` as a folder name, or a ``ValueError`` naming ``setting`` and the rule: a value that
+    names a part of a run folder must be a plain name (:data:`PLAIN_NAME`)."""
+    text = str(value)
+    if not PLAIN_NAME.fullmatch(text):
+        raise ValueError(f"{setting}={text!r}: not a plain name; a run folder's path part takes {PLAIN_NAME_RULE}")
+    return text
+
+
+def _no_variant(variant: object) -> bool:
+    return variant in (None, "", "null")
+
+
+def _check_names(names: Mapping[str, object]) -> None:
+    for setting, value in names.items():
+        if not (setting == "variant" and _no_variant(value)):
+            plain_name(setting, value)
+
+
+def check_folder_names(cfg: DictConfig) -> None:
+    """Raise ``ValueError`` naming the first of :data:`FOLDER_NAME_SETTINGS` that is not a plain
+    name (``variant`` may be null): for callers that compose a job without Hydra's run folder
+    (the job's spec, a sweep's pre-flight and plan)."""
+    _check_names({setting: OmegaConf.select(cfg, setting) for setting in FOLDER_NAME_SETTINGS})
 
 
 def device_type(device: object) -> str:
@@ -235,7 +274,7 @@ def compose_sweep_job(
     problem = None
     try:
         output_dir = str(OmegaConf.select(sweep_config, "hydra.sweep.dir"))
-        output_dir = os.path.join(output_dir, str(OmegaConf.select(sweep_config, "hydra.sweep.subdir")))
+        output_dir = os.path.join(output_dir, _sweep_subdir(sweep_config, index, overrides))
         task = sweep_config  # run_job deletes the node from a copy; this config is the plan's alone
         with read_write(task), open_dict(task):
             del task["hydra"]
@@ -248,17 +287,37 @@ def compose_sweep_job(
     return task, Path(os.path.abspath(output_dir)), problem
 
 
+def _sweep_subdir(sweep_config: DictConfig, index: int, overrides: Sequence[str]) -> str:
+    """``hydra.sweep.subdir`` of a job, or :class:`ConfigError` when a name it is made of is not
+    plain (:func:`run_folder` refuses it; Hydra would stop the sweep on it)."""
+    try:
+        check_folder_names(sweep_config)
+    except ValueError as err:
+        raise ConfigError(
+            f"job #{index} ({' '.join(overrides)}) has no run folder: {err}; the sweep would stop on it"
+        ) from err
+    return str(OmegaConf.select(sweep_config, "hydra.sweep.subdir"))
+
+
 # --------------------------------------------------------------------- what conf/config.yaml resolves
 
 
-def _variant_suffix(variant: object) -> str:
-    return "" if variant in (None, "", "null") else f"-{variant}"
+def run_folder(
+    dataset: object, category: object, model: object, variant: object, overrides: Iterable[str] | None, seed: object
+) -> str:
+    """A run folder's path under ``output_root`` (resolver ``run_folder`` of ``conf/config.yaml``'s
+    ``hydra.run.dir`` and ``hydra.sweep.subdir``): ``<dataset>/<category>/<model>[-<variant>]``, the
+    overrides that change results (:func:`run_subdir`), then ``seed=<seed>``. Each name is refused
+    unless plain (:func:`plain_name`), before Hydra creates the folder."""
+    _check_names(dict(zip(FOLDER_NAME_SETTINGS, (dataset, category, model, variant, seed), strict=True)))
+    suffix = "" if _no_variant(variant) else f"-{variant}"
+    return f"{dataset}/{category}/{model}{suffix}{run_subdir(list(overrides or []))}/seed={seed}"
 
 
 # conf/config.yaml finds the presets in <repo>/experiments through this, from any directory.
 os.environ.setdefault("ULSAD_BENCH_ROOT", str(REPO))
 for _name, _resolver in (
-    ("variant_suffix", _variant_suffix),
+    ("run_folder", run_folder),
     ("run_subdir", lambda overrides: run_subdir(list(overrides or []))),
     ("device_type", device_type),
 ):

@@ -2,9 +2,13 @@
 
 :meth:`JobSpec.from_config` reads a composed config (``conf/config.yaml`` with its groups and
 overrides) and checks every setting a job can check before it reads data, each error naming the
-setting and what is allowed. The stages receive the spec, never the raw config: the resume
-decision (:mod:`ulsad_bench.resume`), the job's preparation and run (:mod:`ulsad_bench.runner`),
-its record, the plan of a sweep (:mod:`ulsad_bench.plan`) and ``make bench``.
+setting and what is allowed: the names that become the run folder's parts (plain names,
+:func:`ulsad_bench.config.plain_name`), the model's settings through its settings class (each
+numeric one within its declared range, :mod:`ulsad_bench.models.settings`), ``profile.*`` and the
+other numeric settings (:data:`TOP_LEVEL_SETTINGS`). The stages receive the spec, never the raw
+config: the resume decision (:mod:`ulsad_bench.resume`), the job's preparation and run
+(:mod:`ulsad_bench.runner`), its record, the plan of a sweep (:mod:`ulsad_bench.plan`) and
+``make bench``.
 """
 
 from __future__ import annotations
@@ -17,16 +21,27 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from .config import check_folder_names
 from .data import Splits, build_splits
 from .data.sample import check_resize
 from .models.base import AnomalyModel
 from .models.precision import check_precision
+from .models.settings import Count, CountOrNone, Fraction, Positive, Seed, Settings, check_value
 from .protocol import Protocol
 from .records import config_hash, resume_mode
 
 SEED_RANGE = 2**32
 #: keys of ``model.*`` that are not the model's constructor arguments
 MODEL_KEYS_NOT_SETTINGS = ("_target_", "name", "center_crop")
+#: numeric settings the spec reads besides the model's, ``profile.*`` and ``seed`` /
+#: ``dataset.image_size`` (checked below), each with its declared range
+TOP_LEVEL_SETTINGS: dict[str, Any] = {
+    "eval_batch_size": Count,
+    "fpr_limit": Fraction,
+    "save_maps_per_defect": CountOrNone,
+    "cache.max_gb": Positive,
+    "backbone.random_init_seed": Seed,
+}
 
 
 def model_class_of(target: str) -> type[AnomalyModel]:
@@ -122,14 +137,37 @@ class BackboneSettings:
 
 
 @dataclass(frozen=True)
-class ProfileSpec:
-    """``profile.*``: the efficiency protocol (:mod:`ulsad_bench.profiling`)."""
+class ProfileSpec(Settings, group="profile"):
+    """``profile.*``: the efficiency protocol (:mod:`ulsad_bench.profiling`), each number's type
+    declaring its range (:mod:`ulsad_bench.models.settings`); ``latency_calls=0``: no batch-1
+    latency measured."""
 
     enabled: bool
-    batch_size: int
-    warmup_batches: int
-    timed_batches: int
-    latency_calls: int
+    batch_size: Count
+    warmup_batches: CountOrNone
+    timed_batches: CountOrNone
+    latency_calls: CountOrNone
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # every field's type and range
+        if self.enabled and self.timed_batches < 1:
+            raise ValueError(f"profile.timed_batches={self.timed_batches}: must be >= 1 when profile.enabled=true")
+
+    @classmethod
+    def from_config(cls, profile: Any) -> ProfileSpec:
+        """``profile.*`` of a composed config, checked."""
+        return cls(
+            enabled=profile.enabled,
+            batch_size=profile.batch_size,
+            warmup_batches=profile.warmup_batches,
+            timed_batches=profile.timed_batches,
+            latency_calls=profile.get("latency_calls", 0),
+        )
+
+
+def top_level_settings(cfg: DictConfig) -> dict[str, Any]:
+    """:data:`TOP_LEVEL_SETTINGS`' values in ``cfg``, each checked against its range."""
+    return {name: check_value(name, OmegaConf.select(cfg, name), kind) for name, kind in TOP_LEVEL_SETTINGS.items()}
 
 
 @dataclass(frozen=True)
@@ -170,17 +208,21 @@ class JobSpec:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> JobSpec:
         """The spec of the job ``cfg`` composes; raises ``ValueError`` / ``TypeError`` naming the
-        setting when one cannot work (before any data is read)."""
+        setting when one cannot work (before any data is read, module docstring)."""
         config = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(config, dict)
         seed = _seed(cfg.seed)
+        check_folder_names(cfg)
         image_size = _image_size(cfg.dataset.image_size)
         model_class = model_class_of(str(cfg.model._target_))
+        model_settings = {k: v for k, v in config["model"].items() if k not in MODEL_KEYS_NOT_SETTINGS}
+        model_class.check_settings(model_settings)
+        numbers = top_level_settings(cfg)
+        profile = ProfileSpec.from_config(cfg.profile)
         crop = center_crop_pixels(cfg.model.get("center_crop"), image_size)
         model_image_size = crop if crop is not None else image_size
         model_class.check_image_size(model_image_size)
         protocol = Protocol.from_config(cfg)
-        model = config["model"]
         cache = cfg.cache
         data = DataSpec(
             dataset=cfg.dataset,
@@ -192,9 +234,8 @@ class JobSpec:
             val_from_test=protocol.quantiles_from_test,
             cache_dir=Path(str(cfg.cache_dir)),
             decoded_images=bool(cache.get("decoded_images", False)),
-            cache_max_bytes=int(float(cache.max_gb) * 2**30),
+            cache_max_bytes=int(numbers["cache.max_gb"] * 2**30),
         )
-        profile = cfg.profile
         return cls(
             config=config,
             config_hash=config_hash(config),
@@ -204,11 +245,11 @@ class JobSpec:
             category=str(cfg.dataset.category),
             seed=seed,
             model_class=model_class,
-            model_settings={k: v for k, v in model.items() if k not in MODEL_KEYS_NOT_SETTINGS},
+            model_settings=model_settings,
             backbone=BackboneSettings(
                 str(cfg.backbone.name),
                 str(cfg.backbone.weights),
-                int(cfg.backbone.random_init_seed),
+                numbers["backbone.random_init_seed"],
                 bool(cfg.backbone.get("verify", True)),
             ),
             data=data,
@@ -217,20 +258,14 @@ class JobSpec:
             device_type=str(config.get("device_type", cfg.device)),
             precision=check_precision(str(cfg.precision)),
             deterministic=bool(cfg.deterministic),
-            eval_batch_size=int(cfg.eval_batch_size),
-            fpr_limit=float(cfg.fpr_limit),
+            eval_batch_size=numbers["eval_batch_size"],
+            fpr_limit=numbers["fpr_limit"],
             feature_cache=bool(cfg.get("feature_cache", True)),
-            profile=ProfileSpec(
-                bool(profile.enabled),
-                int(profile.batch_size),
-                int(profile.warmup_batches),
-                int(profile.timed_batches),
-                int(profile.get("latency_calls", 0)),
-            ),
+            profile=profile,
             resume=resume_mode(cfg.get("resume", "strict")),
             progress=bool(cfg.progress),
             fail_fast=bool(cfg.get("fail_fast", False)),
-            save_maps_per_defect=int(cfg.save_maps_per_defect),
+            save_maps_per_defect=numbers["save_maps_per_defect"],
             logger=config.get("logger") or {},
             output_root=Path(str(cfg.output_root)),
         )

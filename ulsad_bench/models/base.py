@@ -22,6 +22,7 @@ from ..data import ImageSet
 from ..features import FeatureCache
 from .backbone import BackboneSpec
 from .precision import autocast_dtype, check_precision
+from .settings import Settings, settings_class_of
 
 
 @dataclass
@@ -117,6 +118,22 @@ class AnomalyModel(ABC):
     #: whether fitting the model changes process-wide state that slows later work in the same
     #: process (PatchCore: glibc's mmap threshold); ``make bench`` measures such a model last
     alters_process: bool = False
+
+    @classmethod
+    def settings_class(cls) -> type[Settings] | None:
+        """The frozen dataclass declaring the model's settings (``model.*``: names, defaults, types
+        and ranges), the one its module declares for the model's name (``class UlsadSettings(Settings,
+        model="ulsad")``, :mod:`.settings`); None for a model that declares none."""
+        return settings_class_of(cls.name)
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """Raise naming the setting, its value and what is allowed (``model.epochs=0: must be >= 1
+        (ulsad)``) when ``settings`` (``model.*`` as the constructor takes them) cannot work:
+        checked through :meth:`settings_class` before a job does any work, nothing built."""
+        settings_class = cls.settings_class()
+        if settings_class is not None:
+            settings_class.check(settings)
 
     @classmethod
     def cache_entries(cls, settings: Mapping[str, Any], facts: CacheFacts) -> tuple[list[CacheEntry], list[str]]:

@@ -10,24 +10,20 @@ from torch import nn
 from .anomalib_adapter import build_padim, fit_gaussian
 from .base import RunContext
 from .feature_bank import FeatureBankModel
-from .settings import adopt, as_record, coerce
+from .settings import Count, Settings, adopt, as_record
 
 # PaDiM paper (Defard et al. 2021), also anomalib's table: retained feature dimensions.
 PADIM_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
 
 
 @dataclass(frozen=True)
-class PadimSettings:
+class PadimSettings(Settings, model="padim"):
     """PaDiM's settings (``conf/model/padim.yaml``): layers 1-3 and the retained feature count of
     the PaDiM paper (None: 100 for ResNet-18, 550 for Wide-ResNet-50-2 and any other backbone)."""
 
     layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
-    n_features: int | None = None
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(self.layers))
-        coerce(self, n_features=int, batch_size=int)
+    n_features: Count | None = None
+    batch_size: Count = 32
 
 
 class Padim(FeatureBankModel):

@@ -11,23 +11,17 @@ from ..environment import limit_heap_fragmentation, seeded
 from .anomalib_adapter import build_patchcore, select_coreset, stored_patches
 from .base import RunContext
 from .feature_bank import FeatureBankModel
-from .settings import adopt, as_record, coerce
+from .settings import Count, Fraction, Settings, adopt, as_record
 
 
 @dataclass(frozen=True)
-class PatchcoreSettings:
+class PatchcoreSettings(Settings, model="patchcore"):
     """PatchCore's settings (``conf/model/patchcore.yaml``): the PatchCore paper's and anomalib's."""
 
     layers: tuple[str, ...] = ("layer2", "layer3")
-    coreset_sampling_ratio: float = 0.1
-    num_neighbors: int = 9
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(self.layers))
-        coerce(self, coreset_sampling_ratio=float, num_neighbors=int, batch_size=int)
-        if not 0 < self.coreset_sampling_ratio <= 1:
-            raise ValueError(f"coreset_sampling_ratio must be in (0, 1], got {self.coreset_sampling_ratio}")
+    coreset_sampling_ratio: Fraction = 0.1
+    num_neighbors: Count = 9
+    batch_size: Count = 32
 
 
 class Patchcore(FeatureBankModel):

@@ -55,7 +55,7 @@ from ...data import ImageSet
 from ...environment import adam_implementation, keep_on_device, seeded
 from ..base import AnomalyModel, CacheEntry, CacheFacts, Prediction, RunContext
 from ..precision import autocast_forward
-from ..settings import adopt, as_record, coerce
+from ..settings import Count, LearningRate, NonNegative, OpenFraction, Settings, WeightDecay, adopt, as_record
 from ..training import LossSums, TrainingLog, train_epochs
 from .torch_model import DFR_LAYERS, VGG19_RELUS, DfrModel, FeatCAE, RegionalFeatures, feature_side, vgg19_plan
 
@@ -98,39 +98,34 @@ def pca_latent_dim(vectors: torch.Tensor, variance_ratio: float) -> int:
 
 
 @dataclass(frozen=True)
-class DfrSettings:
+class DfrSettings(Settings, model="dfr"):
     """DFR's settings (``conf/model/dfr.yaml``), each from the authors' code (module docstrings)."""
 
     backbone: str = "vgg19"
     layers: tuple[str, ...] = DFR_LAYERS
     vgg_padding: str = "reflect"
     upsample: str = "bilinear"
-    featmap_size: int | None = None
-    kernel_size: int = 4
-    stride: int = 4
-    latent_dim: int | None = None
-    variance_ratio: float = 0.9
-    pca_images: int = 10
+    featmap_size: Count | None = None
+    kernel_size: Count = 4
+    stride: Count = 4
+    latent_dim: Count | None = None
+    variance_ratio: OpenFraction = 0.9
+    pca_images: Count = 10
     batch_norm: bool = True
-    epochs: int = 150
-    batch_size: int = 4
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    feature_batch_size: int = 8
+    epochs: Count = 150
+    batch_size: Count = 4
+    lr: LearningRate = 1e-4
+    weight_decay: WeightDecay = 0.0
+    feature_batch_size: Count = 8
     cache_dtype: str = "float16"
-    max_cache_gb: float = 16.0
+    max_cache_gb: NonNegative = 16.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(self.layers))
-        coerce(self, kernel_size=int, stride=int, variance_ratio=float, pca_images=int, batch_norm=bool)
-        coerce(self, epochs=int, batch_size=int, lr=float, weight_decay=float, feature_batch_size=int)
-        coerce(self, max_cache_gb=float)
+        super().__post_init__()  # every field's type and range
         if self.backbone != "vgg19":
             raise ValueError(f"DFR's regional features are defined on vgg19, got backbone={self.backbone!r}")
         if self.cache_dtype not in ("float16", "float32"):
             raise ValueError(f"cache_dtype must be float16 or float32, got {self.cache_dtype!r}")
-        if self.latent_dim is not None and self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be positive or null (PCA), got {self.latent_dim}")
 
 
 class Dfr(AnomalyModel):

@@ -15,10 +15,11 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from ...data import ImageSet
@@ -26,7 +27,17 @@ from ...environment import adam_implementation, seeded
 from .. import anomalib_adapter as adapter
 from ..base import AnomalyModel, CacheEntry, CacheFacts, Prediction, RunContext
 from ..precision import autocast_forward
-from ..settings import adopt, as_record, coerce
+from ..settings import (
+    Count,
+    CountOrNone,
+    Fraction,
+    LearningRate,
+    Probability,
+    Settings,
+    WeightDecay,
+    adopt,
+    as_record,
+)
 from ..training import LossSums, train_epochs
 from .penalty import penalty_files, penalty_stream
 from .teacher import (
@@ -42,6 +53,8 @@ from .teacher import (
 # EfficientAD's autoencoder halves the image five times, then applies an 8 x 8 convolution.
 EFFICIENTAD_MIN_SIZE = 256
 TEACHERS_ENTRY = "EfficientAD distilled teachers"
+#: ``model.input_size``'s range, and why
+InputSize = Annotated[int, Field(ge=EFFICIENTAD_MIN_SIZE, description="its autoencoder takes at least 256 px")]
 
 
 @functools.lru_cache(maxsize=8)
@@ -53,45 +66,39 @@ def pdn_bytes(model_size: str, out_channels: int) -> int:
 
 
 @dataclass(frozen=True)
-class EfficientAdSettings:
+class EfficientAdSettings(Settings, model="efficientad"):
     """EfficientAD's settings (``conf/model/efficientad.yaml``): anomalib's and the EfficientAD
     paper's (:class:`EfficientAd` says which and where they differ)."""
 
     model_size: str = "small"
-    teacher_out_channels: int = 384
+    teacher_out_channels: Count = 384
     padding: bool = False
     pad_maps: bool = True
-    steps: int = 70000
-    max_epochs: int | None = 1000
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    lr_decay_at: float | None = 0.95
-    hard_quantile: float = 0.999
-    map_quantiles: tuple[float, float] = (0.9, 0.995)
-    input_size: int | None = None
+    steps: Count = 70000
+    max_epochs: Count | None = 1000
+    lr: LearningRate = 1e-4
+    weight_decay: WeightDecay = 1e-5
+    lr_decay_at: Fraction | None = 0.95
+    hard_quantile: Probability = 0.999
+    map_quantiles: tuple[Probability, Probability] = (0.9, 0.995)
+    input_size: InputSize | None = None
     teacher_weights: str | None = None
     distillation: dict[str, Any] | None = None
     penalty_dir: str | None = None
-    penalty_grayscale: float = 0.3
-    penalty_workers: int = 2
+    penalty_grayscale: Probability = 0.3
+    penalty_workers: CountOrNone = 2
     teacher: str = "auto"
     penalty: str = "auto"
 
     def __post_init__(self) -> None:
-        coerce(self, teacher_out_channels=int, padding=bool, pad_maps=bool, steps=int, max_epochs=int, lr=float)
-        coerce(self, weight_decay=float, lr_decay_at=float, hard_quantile=float, penalty_grayscale=float)
-        coerce(self, penalty_workers=int)
-        object.__setattr__(self, "map_quantiles", tuple(float(q) for q in self.map_quantiles))
+        super().__post_init__()  # every field's type and range
+        DistillationConfig.check(self.distillation or {})  # model.distillation.*, kept as given for the record
         if self.teacher not in ("auto", "pretrained", "distilled"):
             raise ValueError(f"model.teacher must be auto, pretrained or distilled, got {self.teacher!r}")
         if self.penalty not in ("auto", "imagenette", "off"):
             raise ValueError(f"model.penalty must be auto, imagenette or off, got {self.penalty!r}")
         if self.model_size not in ("small", "medium"):
             raise ValueError(f"model_size must be 'small' or 'medium', got {self.model_size!r}")
-        if self.input_size is not None and self.input_size < EFFICIENTAD_MIN_SIZE:
-            raise ValueError(f"input_size must be at least {EFFICIENTAD_MIN_SIZE} (EfficientAD's autoencoder)")
-        if self.lr_decay_at is not None and not 0 < self.lr_decay_at <= 1:
-            raise ValueError(f"lr_decay_at must be in (0, 1] or null, got {self.lr_decay_at}")
         low, high = self.map_quantiles
         if not 0 <= low < high <= 1:
             raise ValueError(f"map_quantiles must be two increasing values in [0, 1], got {self.map_quantiles}")

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from ...data import ImageSet
 from ..anomalib_adapter import teacher_download_info
 from ..backbone import BackboneSpec, FeatureExtractor, WeightsNotFoundError, sha256_of
+from ..settings import Count, LearningRate, Probability, Seed, Settings, WeightDecay
 
 
 class TeacherWeightsNotFoundError(WeightsNotFoundError):
@@ -55,18 +56,19 @@ class TeacherWeightsNotFoundError(WeightsNotFoundError):
 
 
 @dataclass(frozen=True)
-class DistillationConfig:
-    """How a teacher is distilled when no teacher file is configured (module docstring)."""
+class DistillationConfig(Settings, group="model.distillation", model="efficientad"):
+    """How a teacher is distilled when no teacher file is configured (module docstring):
+    ``model.distillation.*``, each type declaring its range (:mod:`..settings`)."""
 
     layers: tuple[str, ...] = ("layer2", "layer3")  # PatchCore / EfficientAD pretraining
-    steps: int = 10000  # ours (the authors: 60,000 on ImageNet)
-    batch_size: int = 16  # EfficientAD pretraining
-    lr: float = 1e-4  # EfficientAD pretraining (Adam)
-    weight_decay: float = 1e-5  # EfficientAD pretraining
-    grayscale: float = 0.1  # EfficientAD pretraining: RandomGrayscale(0.1)
-    patch_size: int = 3  # PatchCore's neighbourhood
-    layer_dim: int = 1024  # PatchCore's per-layer dimension in the EfficientAD pretraining
-    seed: int = 0  # independent of the run seed: one teacher for every seed
+    steps: Count = 10000  # ours (the authors: 60,000 on ImageNet)
+    batch_size: Count = 16  # EfficientAD pretraining
+    lr: LearningRate = 1e-4  # EfficientAD pretraining (Adam)
+    weight_decay: WeightDecay = 1e-5  # EfficientAD pretraining
+    grayscale: Probability = 0.1  # EfficientAD pretraining: RandomGrayscale(0.1)
+    patch_size: Count = 3  # PatchCore's neighbourhood
+    layer_dim: Count = 1024  # PatchCore's per-layer dimension in the EfficientAD pretraining
+    seed: Seed = 0  # independent of the run seed: one teacher for every seed
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DistillationConfig:

@@ -3,14 +3,28 @@
 Paper values (Section 4.1): Wide-ResNet-50-2 layers 2 and 3, c* = 384, Adam with learning rate
 2e-4 and weight decay 2e-5, 200 epochs, alpha = 0.9, beta = 0.995, lambda_l = lambda_g = 0.5
 (Table 3, last row); batch size 8 with the last partial batch dropped and quantiles on the blurred
-maps from the authors' code (:mod:`.model` has the sources).
+maps from the authors' code (:mod:`.model` has the sources). Each numeric setting's type declares
+its range (:mod:`..settings`), checked when the settings are made.
 """
+
+# ruff: noqa: RUF009  (trains() is dataclasses.field(default=<an immutable value>); ruff cannot tell
+# that the range-declaring types below, such as Count, are immutable)
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import coerce, training_settings, trains
+from ..settings import (
+    Count,
+    LearningRate,
+    Positive,
+    Probability,
+    Settings,
+    Weight,
+    WeightDecay,
+    training_settings,
+    trains,
+)
 
 ARCHITECTURES = ("paper", "code")
 BRANCHES = ("both", "local", "global")
@@ -20,28 +34,28 @@ QUANTILES_ON = ("blurred", "upsampled")
 
 
 @dataclass(frozen=True)
-class UlsadSettings:
+class UlsadSettings(Settings, model="ulsad"):
     """Every ULSAD setting; those marked :func:`~..settings.trains` determine the trained networks
     (with data, backbone, seed, device type and precision: the trained-model cache's key)."""
 
     layers: tuple[str, ...] = ("layer2", "layer3")
-    feature_dim: int = 384
+    feature_dim: Count = 384
     architecture: str = trains("code")
     output_relu: bool | str = trains("auto")
-    lambda_l: float = trains(0.5)
-    lambda_g: float = trains(0.5)
+    lambda_l: Weight = trains(0.5)
+    lambda_g: Weight = trains(0.5)
     magnitude_reduction: str = trains("mean")
     loss_pg: str = trains("attention")
     loss_lg: bool = trains(True)
     branch: str = "both"
-    alpha: float = 0.9
-    beta: float = 0.995
-    epochs: int = trains(200)
-    batch_size: int = trains(8)
-    lr: float = trains(2e-4)
-    weight_decay: float = trains(2e-5)
-    blur_sigma: float | None = None
-    feature_batch_size: int = 32
+    alpha: Probability = 0.9
+    beta: Probability = 0.995
+    epochs: Count = trains(200)
+    batch_size: Count = trains(8)
+    lr: LearningRate = trains(2e-4)
+    weight_decay: WeightDecay = trains(2e-5)
+    blur_sigma: Positive | None = None
+    feature_batch_size: Count = 32
     reuse_trained: bool = True
     cache_attention_target: bool = True
     precompute_features: bool = trains(True)
@@ -49,11 +63,7 @@ class UlsadSettings:
     quantiles_on: str = "blurred"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(self.layers))
-        coerce(self, feature_dim=int, lambda_l=float, lambda_g=float, alpha=float, beta=float, epochs=int)
-        coerce(self, batch_size=int, lr=float, weight_decay=float, blur_sigma=float, feature_batch_size=int)
-        coerce(self, loss_lg=bool, reuse_trained=bool, cache_attention_target=bool, precompute_features=bool)
-        coerce(self, drop_last=bool)
+        super().__post_init__()  # every field's type and range
         if self.quantiles_on not in QUANTILES_ON:
             raise ValueError(f"quantiles_on must be one of {QUANTILES_ON}, got {self.quantiles_on!r}")
         if self.loss_pg not in LOSS_PG:
