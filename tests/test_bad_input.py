@@ -63,7 +63,7 @@ def test_16_bit_masks_are_read_as_their_nonzero_pixels(tmp_path: Path) -> None:
         (["model=padim", "seed=-1"], "seed=-1: expected an integer in [0, 2^32)"),
         (["model=padim", f"seed={2**32}"], f"seed={2**32}: expected an integer in [0, 2^32)"),
         (["model=padim", "seed=abc"], "seed='abc': expected an integer in [0, 2^32)"),
-        (["model=padim", "resume=sometimes"], "resume='sometimes': expected strict (default), config or false"),
+        (["model=padim", "resume=sometimes"], "resume='sometimes': expected strict (default), content, config"),
     ],
 )
 def test_settings_out_of_range_fail_before_any_data_is_read(

@@ -77,14 +77,19 @@ def test_a_changed_file_size_or_resize_misses(category: Path, tmp_path: Path) ->
     _load(found.test, cache, resize="pil_bilinear")
     _load(found.test, cache, with_masks=False)
     assert cache.misses == 5
-    _bump(found.test[0].path)  # modification time
+    _bump(found.test[0].path)  # modification time: the bytes are the same, the entry serves (content keys)
     _load(found.test, cache)
-    assert cache.misses == 6
+    assert (cache.hits, cache.misses) == (2, 5)
+    by_stat = DecodedCache(tmp_path / "features", source_keys="stat")
+    _load(found.test, by_stat)
+    _bump(found.test[0].path)
+    _load(found.test, by_stat)
+    assert by_stat.misses == 2  # stat keys: a touched file misses
     mask = next(s for s in found.test if s.mask_paths).mask_paths[0]
     mask.write_bytes(mask.read_bytes() + b"\0")  # byte size (a mask file: test splits only)
     _load(found.test, cache)
     _load(found.train, cache, with_masks=False)
-    assert cache.misses == 7 and cache.hits == 2  # the train split, which reads no masks, still hits
+    assert cache.misses == 6 and cache.hits == 3  # the train split, which reads no masks, still hits
     assert _same(_load(found.test, None), _load(found.test, cache))
 
 

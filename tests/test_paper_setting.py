@@ -123,6 +123,7 @@ def test_efficientad_paper_setting_needs_teacher_and_penalty_files(tmp_path: Pat
 def test_a_substitute_efficientad_is_marked_in_tables(tmp_path: Path) -> None:
     """The record of a substitute EfficientAD (see test_baselines' distilled-teacher run) is marked."""
     from tests.test_report import write_run
+    from ulsad_bench.records import write_record
     from ulsad_bench.report import build_report
 
     for seed in range(2):
@@ -137,7 +138,7 @@ def test_a_substitute_efficientad_is_marked_in_tables(tmp_path: Path) -> None:
         )
         record = json.loads((run / "record.json").read_text())
         record["hyperparameters"] = {"teacher_setting": "distilled", "penalty_setting": "off", "paper_setting": False}
-        (run / "record.json").write_text(json.dumps(record))
+        write_record(run, record)
     report = build_report(tmp_path / "out", tmp_path / "reports", figures=False)
     table = report.table("table01_image_auroc")
     assert table is not None and any("NOT THE PAPER'S SETTING" in w for w in table.warnings)

@@ -130,7 +130,7 @@ def test_resume_reruns_when_the_data_or_the_code_changed(
 
     caplog.clear()
     real = job_record.versions  # the record's header notes the versions
-    monkeypatch.setattr(job_record, "versions", lambda: {**real(), "torch": "0.0.1"})
+    monkeypatch.setattr(job_record, "versions", lambda cls=None: {**real(cls), "torch": "0.0.1"})
     with caplog.at_level(logging.INFO, logger="ulsad_bench"):
         third = runner.run(mvtec_cfg(root, shared_cache), run_dir)
     assert third["started"] != second["started"] and third["versions"]["torch"] == "0.0.1"
@@ -143,7 +143,7 @@ def test_resume_reruns_when_the_data_or_the_code_changed(
 
 def test_a_record_from_a_dirty_tree_is_marked(tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = job_record.versions
-    monkeypatch.setattr(job_record, "versions", lambda: {**real(), "git": "abc1234-dirty"})
+    monkeypatch.setattr(job_record, "versions", lambda cls=None: {**real(cls), "git": "abc1234-dirty"})
     record = runner.run(tiny_cfg("model=padim"), tmp_path / "out" / "run")
     assert record["status"] == "ok"
     from ulsad_bench.records import summary_line

@@ -10,8 +10,13 @@ with :func:`~ulsad_bench.data.images.load_image_set` at ``size`` px, with masks,
 :class:`~ulsad_bench.data.decoded.DecodedCache` in a fresh folder:
 
 * first load: decode and resize every image and mask, store the entry;
-* cached load: a new cache object, as another job would make; the entry is mapped and every byte
-  of images and masks is read once (``clone``), so lazily mapped pages are not left unread.
+* cached load: a new cache object, as another job would make, nothing remembered from the first
+  load: every source file is hashed for the key (``cache.source_keys=content``), the entry is
+  mapped, its checksum verified and every byte of images and masks read once (``clone``), so
+  lazily mapped pages are not left unread.
+
+It also prints what keying on the files' content costs: the digest of every image and mask
+(xxh3 over their bytes, files in the page cache) against their stat alone.
 
 It checks the two loads are bit-identical, prints one line per time and one for the ratio, and
 exits 1 when the cached load is not at least ``min-ratio`` times faster.
@@ -24,6 +29,7 @@ pickling), to see whether the thread pool is limited by the GIL on this machine.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -34,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data.content import forget, stat_line
 from .data.decoded import DecodedCache
 from .data.images import decode_into, load_image_set, usable_cpus
 from .data.sample import Sample, read_image, read_mask
@@ -72,6 +79,15 @@ def write_category(root: Path, images: int, width: int, height: int, seed: int =
 
     with ThreadPoolExecutor(usable_cpus()) as pool:
         return list(pool.map(write, range(images)))
+
+
+def evict_from_page_cache(paths: list[Path]) -> None:
+    """Ask the kernel to drop the files' cached pages (``posix_fadvise(DONTNEED)``; no root needed),
+    so the next read comes from the disk; a no-op where unsupported."""
+    for path in paths:
+        with open(path, "rb") as handle:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _decode_one(job: tuple[Sample, int, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         first = load_image_set(samples, cache=DecodedCache(root / "features"), **options)
         first_s = time.perf_counter() - start
+        forget()  # another job: no digest remembered from the first load
         start = time.perf_counter()
         cached = load_image_set(samples, cache=DecodedCache(root / "features"), **options)
         assert cached.masks is not None
@@ -137,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         if not (torch.equal(first.images, read[0]) and torch.equal(first.masks, read[1])):
             print("cached load differs from the decode", file=sys.stderr)
             return 1
+        files = [path for sample in samples for path in (sample.path, *sample.mask_paths)]
+        for source_keys, cold in (("stat", False), ("content", False), ("content", True)):
+            forget()
+            if cold:
+                evict_from_page_cache(files)
+            start = time.perf_counter()
+            for path in files:
+                stat_line(path, source_keys)
+            where = ", read from disk (evicted from the page cache first)" if cold else ""
+            print(f"key on the files' {source_keys}{where}: {time.perf_counter() - start:.3f} s")
     ratio = first_s / cached_s
     print(f"first load (decode, resize, store): {first_s:.3f} s")
     print(f"cached load (map, read every byte): {cached_s:.4f} s")

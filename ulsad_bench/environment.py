@@ -3,6 +3,7 @@ versions a record stores."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -15,7 +16,9 @@ from importlib import metadata
 
 import numpy as np
 import torch
+import xxhash
 
+from .code_version import job_code_version
 from .config import REPO
 
 
@@ -134,26 +137,51 @@ def _version(package: str) -> str | None:
         return None
 
 
+#: untracked files under these folders are part of the code a job runs (new modules, configs, presets)
+UNTRACKED_CODE = ("ulsad_bench", "conf", "experiments", "docs/examples")
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, timeout=30)
+
+
+def uncommitted_digest() -> str | None:
+    """None for a clean tree, else 8 hex digits of xxh3 over the uncommitted changes to tracked files
+    (``git diff HEAD --binary``) and the paths and bytes of untracked files under :data:`UNTRACKED_CODE`:
+    two trees that differ anywhere there have different digests."""
+    diff = _git("diff", "HEAD", "--binary", "--no-ext-diff", "--no-color")
+    others = _git("ls-files", "--others", "--exclude-standard", "-z", "--", *UNTRACKED_CODE)
+    if diff.returncode != 0 or others.returncode != 0:
+        return None
+    untracked = sorted(name for name in others.stdout.decode().split("\0") if name)
+    if not diff.stdout and not untracked:
+        return None
+    digest = xxhash.xxh3_64(diff.stdout)
+    for name in untracked:
+        digest.update(f"\n{name}\n".encode())
+        with contextlib.suppress(OSError):  # deleted meanwhile
+            digest.update((REPO / name).read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def git_commit() -> str | None:
+    """``<short commit>``, or ``<short commit>-dirty-<digest>`` when the tree has uncommitted
+    changes (:func:`uncommitted_digest`); None outside a git checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
-        )
+        out = _git("rev-parse", "--short", "HEAD")
+        if out.returncode != 0:
+            return None
+        dirty = uncommitted_digest()
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=5,
-    ).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
+    commit = out.stdout.decode().strip()
+    return commit if dirty is None else f"{commit}-dirty-{dirty}"
 
 
-def versions() -> dict[str, str | None]:
+def versions(model_class: type | None = None) -> dict[str, str | None]:
+    """The software a job runs with; ``code``: the digest of the code a job of ``model_class``
+    runs (:func:`ulsad_bench.code_version.job_code_version` of its module), when given."""
+    code = {"code": job_code_version(model_class.__module__)} if model_class is not None else {}
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -161,4 +189,5 @@ def versions() -> dict[str, str | None]:
         "anomalib": _version("anomalib"),
         "package": _version("ulsad-bench"),
         "git": git_commit(),
+        **code,
     }

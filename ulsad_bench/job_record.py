@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from .environment import versions
 from .protocol import Protocol
-from .records import config_hash
+from .records import config_hash, record_identity
 from .spec import JobSpec
 
 
@@ -39,22 +40,26 @@ def _protocol_of(cfg: DictConfig) -> dict[str, Any]:
         return {"tag": "invalid", "error": str(err)}
 
 
+def _model_class(cfg: DictConfig) -> type | None:
+    """The class ``model._target_`` names, None when it names none (the settings check says so)."""
+    try:
+        return get_class(str(cfg.model._target_))
+    except Exception:
+        return None
+
+
 def header(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """The fields known before the job checks its settings, read from the config as composed
     (a setting the job will refuse still leaves a classified record)."""
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     return {
-        "model": str(cfg.model.name),
-        "variant": None if cfg.get("variant") is None else str(cfg.get("variant")),
-        "dataset": str(cfg.dataset.name),
-        "category": str(cfg.dataset.category),
-        "seed": cfg.seed if isinstance(cfg.seed, int) else -1,
+        **record_identity(config),  # read back from the stored config by every reader of the record
         "precision": str(cfg.precision),
         "config_hash": config_hash(config),
         "protocol": _protocol_of(cfg),
         "config": config,
-        "versions": versions(),
+        "versions": versions(_model_class(cfg)),
         "run_dir": str(run_dir),
         # the GPUs a launcher gave this job (hydra/launcher=gpus: Ray sets it per job), None when unset
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),

@@ -40,10 +40,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .categories import expand_all_categories
+from .code_version import job_code_version
 from .config import REPO, compose_sweep_job, hydra_app, master_config
 from .data import Sample, Splits
 from .environment import describe_device, resolve_device, versions
-from .features import cache_entries
+from .features import cache_bytes
 from .joblock import LOCK_NAME
 from .launch import sweep_command
 from .models.backbone import WEIGHT_POLICIES
@@ -160,8 +161,9 @@ class PlannedJob:
 
 class Lister:
     """The splits and fingerprints of the plan's jobs, listed once per distinct listing
-    (:attr:`ulsad_bench.spec.DataSpec.listing_key` with whether the model uses a validation split
-    and the protocol's ``quantiles_from_test``: everything a job's listing depends on)."""
+    (:attr:`ulsad_bench.spec.DataSpec.listing_key` with whether the model uses a validation split,
+    the protocol's ``quantiles_from_test``, the resume mode and the job's other input files:
+    everything a job's listing and fingerprint depend on)."""
 
     def __init__(self) -> None:
         self.listings: dict[str, Listing] = {}
@@ -169,7 +171,7 @@ class Lister:
 
     def listing(self, spec: JobSpec) -> Listing:
         data = spec.data
-        key = repr((data.listing_key, data.uses_validation, data.val_from_test))
+        key = repr((data.listing_key, data.uses_validation, data.val_from_test, spec.resume, spec.input_files()))
         if key not in self.listings:
             self.listings[key] = list_splits(spec)
         return self.listings[key]
@@ -207,7 +209,8 @@ def plan_job(
             job.splits = apply_to_splits(spec.protocol, listing.splits)[0]
         except ValueError:
             job.splits = listing.splits
-    decision = decide(spec, run_dir, versions_now, listing)
+    code = job_code_version(spec.model_class.__module__)  # the job's record says versions(model class)
+    decision = decide(spec, run_dir, {**versions_now, "code": code}, listing)
     job.done, job.reason = decision.skip, decision.why
     if not job.done and (run_dir / LOCK_NAME).exists():  # looked at, never taken: a running job keeps its lock
         job.reason += " (a lock file is there: another process may be running it)"
@@ -474,7 +477,7 @@ def make_plan(
     if sources is None:
         sources = list(dict.fromkeys([results, REPO / "outputs"]))
     features = cache_dir / "features" if cache_dir is not None else None
-    cache_now = sum(size for _, size, _ in cache_entries(features)) if features is not None and features.is_dir() else 0
+    cache_now = cache_bytes(features) if features is not None else 0
     modes = sorted({job.resume for job in jobs if job.resume is not None})
     return SweepPlan(
         results=results,
@@ -510,6 +513,7 @@ def _seconds(value: float) -> str:
 
 _COMPARED = {
     "strict": "the config hash, the data fingerprint (the files listed now: names, sizes, mtimes), the code versions",
+    "content": "as strict, with a digest of every file's bytes (all files are read now)",
     "config": "the config hash only (resume=config)",
     "off": "nothing: resume=false runs every job",
 }

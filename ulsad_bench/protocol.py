@@ -51,6 +51,7 @@ with clean numbers (:mod:`ulsad_bench.report`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -133,7 +134,7 @@ def apply_to_splits(protocol: Protocol, splits: Splits) -> tuple[Splits, dict[st
     val, source = splits.val, splits.val_source
     if protocol.quantiles_from_test and splits.val:
         val, source = [s for s in test if s.label == 0], TEST_VAL_SOURCE
-    return Splits(train=splits.train, val=val, test=test, val_source=source, category_dir=splits.category_dir), dropped
+    return dataclasses.replace(splits, val=val, test=test, val_source=source), dropped
 
 
 def _snapshot(modules: list[torch.nn.Module]) -> list[dict[str, torch.Tensor]]:

@@ -37,11 +37,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .artifacts import RECORD_NAME, write_json_atomic
 from .config import result_config
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ATTEMPTS_DIR = "attempts"
-RESUME_MODES = ("strict", "config", "off")
+RESUME_MODES = ("strict", "content", "config", "off")
 #: versions whose change can change a job's numbers (the record's ``versions`` holds more)
-RESULT_VERSIONS = ("package", "git", "torch", "torchvision", "anomalib")
+RESULT_VERSIONS = ("package", "git", "code", "torch", "torchvision", "anomalib")
+#: the fields that name a record's job, each also read from its stored config (:func:`record_identity`)
+IDENTITY_FIELDS = ("model", "variant", "dataset", "category", "seed")
+DIGEST_FIELD = "record_digest"
+#: the order in which data changes are described (``inputs``: files read besides the images)
+FINGERPRINT_GROUPS = ("train", "val", "test", "inputs")
 
 
 # ----------------------------------------------------------------------------- schema
@@ -61,14 +66,18 @@ class SplitFingerprint(BaseModel):
     files: int = Field(ge=0)
     names_sha256: str
     sha256: str
+    content_sha256: str | None = None
 
 
 class DataFingerprint(BaseModel):
-    """What a job read: per split the number of files (images and masks), a hash of their names
-    (relative to the category folder) and a hash of names, sizes and mtimes."""
+    """What a job read: per split (and ``inputs``, the other files it read: MVTec LOCO's
+    ``defects_config.json``, VisA's split CSV) the number of files (images and masks), a hash of
+    their names (relative to the category folder), a hash of names, sizes and mtimes and, when the
+    files were read, a hash of their bytes (``content_sha256``)."""
 
     sha256: str
     splits: dict[str, SplitFingerprint]
+    content_sha256: str | None = None
 
 
 class RunRecord(BaseModel):
@@ -117,6 +126,7 @@ class RunRecord(BaseModel):
     traceback: str | None = None
     kept_ok_record: str | None = None
     finished: str | None = None
+    record_digest: str | None = None
 
     @model_validator(mode="after")
     def _status_fields(self) -> RunRecord:
@@ -145,12 +155,57 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def record_digest(payload: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a record's JSON content without its ``record_digest``: keys sorted, no
+    whitespace, values as JSON writes them (what a reader of the file sees)."""
+    content = {k: v for k, v in payload.items() if k != DIGEST_FIELD}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def record_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity fields (:data:`IDENTITY_FIELDS`) of the job a resolved config composes, as its
+    record states them (a seed that is not an integer: -1, the job then fails its settings check)."""
+    model, dataset = config.get("model") or {}, config.get("dataset") or {}
+    seed, variant = config.get("seed"), config.get("variant")
+    return {
+        "model": str(model.get("name")),
+        "variant": None if variant is None else str(variant),
+        "dataset": str(dataset.get("name")),
+        "category": str(dataset.get("category")),
+        "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else -1,
+    }
+
+
 def write_record(run_dir: Path, record: Mapping[str, Any]) -> Path:
-    """``<run_dir>/record.json``, atomically, with this schema's version first: the one writer of
-    records (assembled by :mod:`ulsad_bench.job_record`)."""
+    """``<run_dir>/record.json``, atomically, with this schema's version first and sealed with its
+    :func:`record_digest` last: the one writer of records (assembled by :mod:`ulsad_bench.job_record`)."""
     path = Path(run_dir) / RECORD_NAME
-    write_json_atomic(path, {"schema_version": SCHEMA_VERSION, **record})
+    fields = {k: v for k, v in record.items() if k not in ("schema_version", DIGEST_FIELD)}
+    payload = json.loads(json.dumps({"schema_version": SCHEMA_VERSION, **fields}, default=str))
+    payload[DIGEST_FIELD] = record_digest(payload)
+    write_json_atomic(path, payload)
     return path
+
+
+def integrity_problem(payload: Mapping[str, Any]) -> str | None:
+    """None for a record as its job wrote it, else what shows it was not (module docstring)."""
+    stored = payload.get(DIGEST_FIELD)
+    if not stored:
+        return f"no {DIGEST_FIELD}: not written by this version's jobs (schema {SCHEMA_VERSION}); re-run the job"
+    if stored != record_digest(payload):
+        return f"edited after it was written: its {DIGEST_FIELD} does not match its content"
+    expected = record_identity(payload.get("config") or {})
+    differing = [
+        f"{k}={payload.get(k)!r} but its config says {expected[k]!r}"
+        for k in IDENTITY_FIELDS
+        if payload.get(k) != expected[k]
+    ]
+    if differing:
+        return "identity disagrees with its stored config: " + "; ".join(differing)
+    if payload.get("config_hash") != config_hash(payload.get("config") or {}):
+        return f"config_hash {payload.get('config_hash')} is not the hash of its stored config"
+    return None
 
 
 @dataclass(frozen=True)
@@ -182,6 +237,9 @@ def inspect_record(path: Path) -> RecordRead:
         RunRecord.model_validate(payload)
     except ValidationError as err:
         return RecordRead(path, None, f"malformed: {_validation_message(err)}")
+    problem = integrity_problem(payload)
+    if problem:
+        return RecordRead(path, None, f"malformed: {problem}")
     return RecordRead(path, payload)
 
 
@@ -222,12 +280,12 @@ def resume_mode(value: Any) -> str:
         return "strict"
     if text in ("false", "off", "no", "never"):
         return "off"
-    if text == "config":
-        return "config"
-    raise ValueError(f"resume={value!r}: expected strict (default), config or false")
+    if text in ("config", "content"):
+        return text
+    raise ValueError(f"resume={value!r}: expected strict (default), content, config or false")
 
 
-def _split_change(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+def _split_change(name: str, old: Mapping[str, Any], new: Mapping[str, Any], content: bool = False) -> str:
     n_old, n_new = int(old["files"]), int(new["files"])
     if n_old != n_new:
         delta = n_new - n_old
@@ -235,22 +293,33 @@ def _split_change(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> 
         return f"{name}: {what} ({n_old} -> {n_new} files)"
     if old["names_sha256"] != new["names_sha256"]:
         return f"{name}: other files under the same count ({n_new})"
+    if content:
+        return f"{name}: {n_new} files with other bytes"
     return f"{name}: {n_new} files with other sizes or modification times"
 
 
-def describe_data_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str | None:
-    """None when two data fingerprints agree, else what changed (``"test: 1 file removed ..."``)."""
+def _group_order(name: str) -> int:
+    return FINGERPRINT_GROUPS.index(name) if name in FINGERPRINT_GROUPS else len(FINGERPRINT_GROUPS)
+
+
+def describe_data_change(old: Mapping[str, Any] | None, new: Mapping[str, Any], content: bool = False) -> str | None:
+    """None when two data fingerprints agree, else what changed (``"test: 1 file removed ..."``).
+    ``content``: compare the digests of the files' bytes (``resume=content``), not their stat."""
     if old is None:
         return "the record has no data fingerprint (made before fingerprints were recorded)"
-    if old.get("sha256") == new.get("sha256"):
+    key = "content_sha256" if content else "sha256"
+    if content and not old.get(key):
+        return "the record has no content digests of its files"
+    if old.get(key) == new.get(key):
         return None
     old_splits, new_splits = old.get("splits", {}), new.get("splits", {})
     changes = []
-    for name in sorted(set(old_splits) | set(new_splits), key=["train", "val", "test"].index):
+    for name in sorted(set(old_splits) | set(new_splits), key=_group_order):
         if name not in old_splits or name not in new_splits:
-            changes.append(f"{name}: split {'added' if name in new_splits else 'removed'}")
-        elif old_splits[name]["sha256"] != new_splits[name]["sha256"]:
-            changes.append(_split_change(name, old_splits[name], new_splits[name]))
+            what = "split" if name != "inputs" else "other files read"
+            changes.append(f"{name}: {what} {'added' if name in new_splits else 'removed'}")
+        elif old_splits[name].get(key) != new_splits[name].get(key):
+            changes.append(_split_change(name, old_splits[name], new_splits[name], content))
     return "; ".join(changes) or "fingerprints differ"
 
 
@@ -279,18 +348,19 @@ def resume_check(
         return True, f"same config hash {config_hash_now} (resume=config)"
     if fingerprint is None:
         return False, "the data could not be listed"
-    data = describe_data_change(record.get("data_fingerprint"), fingerprint)
+    data = describe_data_change(record.get("data_fingerprint"), fingerprint, content=mode == "content")
     if data:
         return False, f"data changed: {data}"
     code = describe_version_change(record.get("versions") or {}, versions_now)
     if code:
         return False, f"versions changed: {code}"
-    return True, f"same config hash {config_hash_now}, data and versions"
+    data_kind = "data (file contents)" if mode == "content" else "data"
+    return True, f"same config hash {config_hash_now}, {data_kind} and versions"
 
 
 def is_dirty(record: Mapping[str, Any]) -> bool:
-    """Whether a record was made from a git tree with uncommitted changes."""
-    return str((record.get("versions") or {}).get("git") or "").endswith("-dirty")
+    """Whether a record was made from a git tree with uncommitted changes (``<commit>-dirty-<digest>``)."""
+    return "-dirty" in str((record.get("versions") or {}).get("git") or "")
 
 
 # ----------------------------------------------------------------------------- the summary CLI

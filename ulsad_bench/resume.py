@@ -3,8 +3,10 @@ and foreseen by the plan of a sweep (:mod:`ulsad_bench.plan`), over the job's sp
 
 ``resume=strict`` (default) lists the category's files for the data fingerprint (names, sizes,
 modification times; nothing is read) and compares it, the config hash and the code versions with
-the ok record in the run folder (:func:`ulsad_bench.records.resume_check`); ``resume=config``
-compares the config hash only; ``resume=false`` always runs.
+the ok record in the run folder (:func:`ulsad_bench.records.resume_check`); ``resume=content``
+reads every file and compares the digests of their bytes too (a file rewritten at the same size
+with its modification time restored is found); ``resume=config`` compares the config hash only;
+``resume=false`` always runs.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def list_splits(spec: JobSpec) -> Listing:
         splits = spec.data.splits()
     except (DatasetError, OSError, ValueError) as err:
         return Listing(None, None, f"{type(err).__name__}: {err}")
-    return Listing(splits, splits.fingerprint())
+    return Listing(splits, splits.fingerprint(content=spec.resume == "content", extra=spec.input_files()))
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def decide(
     the caller listed them already (strict resume only needs them; listed here otherwise)."""
     existing = inspect_record(Path(run_dir) / RECORD_NAME)
     fingerprint = None
-    if spec.resume == "strict":
+    if spec.resume in ("strict", "content"):
         fingerprint = (listing if listing is not None else list_splits(spec)).fingerprint
     skip, why = resume_check(existing.record, spec.resume, spec.config_hash, fingerprint, versions_now)
     return ResumeDecision(skip, why, existing)

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .artifacts import JOB_FILES, MapPreview, choose_preview, write_maps, write_predictions
+from .code_version import job_code_version
 from .data import LOGICAL, DatasetError, ImageSet, Splits, load_image_set
 from .data.channels import DEFECTS_CONFIG, load_channels
 from .data.decoded import DecodedCache
@@ -107,14 +108,22 @@ def crop_for_model(spec: JobSpec, *sets: ImageSet) -> tuple[ImageSet, ...]:
     return sets if crop is None else tuple(images.center_crop(crop) for images in sets)
 
 
+def job_source_keys(spec: JobSpec) -> str:
+    """How the job's caches identify source files: ``cache.source_keys`` (content digests by
+    default, :mod:`ulsad_bench.data.content`), and always their content under ``resume=false``,
+    which promises a run from what the files hold now."""
+    return "content" if spec.resume == "off" else spec.data.source_keys
+
+
 def load_data(spec: JobSpec, splits: Splits) -> tuple[ImageSet, ImageSet, ImageSet]:
     """The splits' decoded images at ``dataset.image_size`` (test with masks). The model's centre
     crop and MVTec LOCO's channels are applied on top (:func:`crop_for_model`, :func:`attach_channels`)."""
     data = spec.data
+    source_keys = job_source_keys(spec)
     decoded = None
     if data.decoded_images:  # decoded once per split, shared by every job
-        decoded = DecodedCache(data.cache_dir / "features", max_bytes=data.cache_max_bytes)
-    options = {"progress": spec.progress, "resize": data.resize, "cache": decoded}
+        decoded = DecodedCache(data.cache_dir / "features", max_bytes=data.cache_max_bytes, source_keys=source_keys)
+    options = {"progress": spec.progress, "resize": data.resize, "cache": decoded, "source_keys": source_keys}
     train = load_image_set(splits.train, data.image_size, with_masks=False, desc="read train", **options)
     val = load_image_set(splits.val, data.image_size, with_masks=False, desc="read val", **options)
     test = load_image_set(splits.test, data.image_size, with_masks=True, desc="read test", **options)
@@ -132,7 +141,10 @@ def make_context(
         image_size=spec.data.model_image_size,
         backbone=backbone,
         feature_cache=FeatureCache(
-            spec.data.cache_dir / "features", enabled=spec.feature_cache, max_bytes=spec.data.cache_max_bytes
+            spec.data.cache_dir / "features",
+            enabled=spec.feature_cache,
+            max_bytes=spec.data.cache_max_bytes,
+            code_version=job_code_version(spec.model_class.__module__),
         ),
         precision=spec.precision,
         progress=spec.progress,
@@ -191,11 +203,11 @@ def prepare(spec: JobSpec, listing: Listing | None = None) -> Job:
     device = resolve_device(spec.device)
     model = build_model(spec)
     backbone = job_backbone(spec, model)
-    if listing is None or listing.splits is None:
-        listed = spec.data.splits()
-        fingerprint = listed.fingerprint()
-    else:
-        listed, fingerprint = listing.splits, listing.fingerprint
+    listed = spec.data.splits() if listing is None or listing.splits is None else listing.splits
+    # the record holds the files' content digests whenever the caches key on them (read once per
+    # process), so that a later resume=content can compare them
+    content = job_source_keys(spec) == "content" or spec.resume == "content"
+    fingerprint = listed.fingerprint(content=content, extra=spec.input_files())
     splits, test_subset = apply_to_splits(spec.protocol, listed)
     start = time.perf_counter()
     train, val, test = load_data(spec, splits)

@@ -23,7 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import check_folder_names
 from .data import Splits, build_splits
+from .data.content import check_source_keys
 from .data.sample import check_resize
+from .models.backbone import WEIGHT_POLICIES
 from .models.base import AnomalyModel
 from .models.precision import check_precision
 from .models.settings import Count, CountOrNone, Fraction, Positive, Seed, Settings, check_value
@@ -95,6 +97,7 @@ class DataSpec:
         center_crop: the crop in pixels (``model.center_crop``), None for none.
         uses_validation: whether the model calibrates on a validation split.
         val_from_test: ``protocol.quantiles_from_test``: the validation split is made of test images.
+        source_keys: ``cache.source_keys``, how the caches identify source files (:mod:`ulsad_bench.data.content`).
     """
 
     dataset: DictConfig
@@ -107,6 +110,7 @@ class DataSpec:
     cache_dir: Path
     decoded_images: bool
     cache_max_bytes: int
+    source_keys: str = "content"
 
     def splits(self) -> Splits:
         """The category's splits as this job lists them (no validation split for a model that uses
@@ -235,6 +239,7 @@ class JobSpec:
             cache_dir=Path(str(cfg.cache_dir)),
             decoded_images=bool(cache.get("decoded_images", False)),
             cache_max_bytes=int(numbers["cache.max_gb"] * 2**30),
+            source_keys=check_source_keys(str(cache.get("source_keys", "content"))),
         )
         return cls(
             config=config,
@@ -269,6 +274,18 @@ class JobSpec:
             logger=config.get("logger") or {},
             output_root=Path(str(cfg.output_root)),
         )
+
+    def input_files(self) -> tuple[Path, ...]:
+        """The files the job reads besides the dataset, for the data fingerprint: the model's own
+        (:meth:`~ulsad_bench.models.base.AnomalyModel.input_files`: EfficientAD's teacher and
+        penalty images) and a backbone weights file named by ``backbone.weights`` (the published
+        weights are verified against their known SHA-256 instead). Those that exist, nothing read."""
+        weights = self.backbone.weights
+        policy = weights if weights in WEIGHT_POLICIES else "file"
+        files = list(self.build_model().input_files(policy))
+        if policy == "file" and Path(weights).expanduser().is_file():
+            files.append(Path(weights).expanduser().resolve())
+        return tuple(files)
 
     def build_model(self) -> AnomalyModel:
         """The model, built from ``model.*`` (every key but ``_target_``, ``name`` and

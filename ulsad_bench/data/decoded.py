@@ -5,13 +5,16 @@ same work for every model, seed and job of that category. :class:`DecodedCache` 
 ``[N, 3, S, S]`` uint8 images (and ``[N, S, S]`` bool masks for test splits), as one ``.npy`` file
 per split and serves later loads from it, bit-identical to a decode.
 
-Key (:func:`decoded_key_parts`): the image files in order (path, byte size, modification time),
-for test splits also every sample's mask files (the same), the size, the resize method, whether
-masks were read, a format version and the Pillow and OpenCV versions (a JPEG decoder or resize
-upgrade could change pixels). Changing any of them misses.
+Key (:func:`decoded_key_parts`): the image files in order (path, byte size and a digest of the
+file's bytes, :mod:`ulsad_bench.data.content`; with ``cache.source_keys=stat`` the modification
+time instead of the digest), for test splits also every sample's mask files (the same), the size,
+the resize method, whether masks were read, a format version, the decoding code's digest
+(:func:`ulsad_bench.code_version.source_digest`) and the Pillow and OpenCV versions (a JPEG decoder
+or resize upgrade could change pixels). Changing any of them misses.
 
 Entry ``<directory>/<key>.npy``: one flat uint8 array, the images' bytes then (when masks were
-read) the masks' bytes, 0 or 1 each; ``<key>.json`` beside it says what the entry is. Entries live
+read) the masks' bytes, 0 or 1 each, followed by a 24-byte trailer (:data:`TRAILER_MAGIC` and the
+xxh3-128 digest of the array's bytes); ``<key>.json`` beside it says what the entry is. Entries live
 in the feature cache's folder (``<cache_dir>/features``) and are counted, touched on a hit and
 evicted least-recently-used by the same code (:func:`ulsad_bench.features.cache_entries`,
 :func:`~ulsad_bench.features.evict_lru`), so ``cache.max_gb`` bounds both together.
@@ -21,8 +24,10 @@ Safety:
 * An entry is written to a hidden temporary file (``.tmp-*.npy``, which eviction never lists)
   and renamed into place (``os.replace``), so no reader sees a half-written entry. A reader also
   checks the header (dtype, shape) and that the file size is exactly header + data; anything
-  else (truncated, unreadable, wrong shape) is a miss, decoded again and overwritten. Pixel
-  values themselves carry no checksum (that would read every byte on each hit).
+  else (truncated, unreadable, wrong shape) is a miss, decoded again and overwritten.
+* Every hit verifies the trailer's checksum over the pixels (xxh3-128 reads about 10 GB/s from
+  the page cache; the pages are read by the job anyway): an entry whose bytes changed is logged
+  with its path, deleted, decoded again and rewritten, never used.
 * Concurrent jobs missing the same entry: one decodes while the others wait on a lock file
   (``.lock-<key>``, ``fcntl.flock``; hidden, not counted), then they read its entry. Where locks
   are unavailable, each decodes (the same bytes; the last rename wins).
@@ -52,14 +57,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
-from ..features import _touch, cache_key, evict_lru
+from ..code_version import source_digest
+from ..features import TMP_PREFIX, _touch, cache_key, discard_entry, evict_lru
+from .content import stat_line
 from .sample import Sample
 
 log = logging.getLogger(__name__)
 
-#: Bump when the decode (``read_image`` / ``read_mask``) or the entry layout changes.
-FORMAT_VERSION = 1
+#: Bump when the entry layout changes (the decoding code's changes are in the key: ``code``).
+FORMAT_VERSION = 2
+#: the module that decodes: its source and what it imports key every entry
+DECODING_CODE = "ulsad_bench.data.images"
+TRAILER_MAGIC = b"ULSADX3\x00"
+TRAILER_BYTES = len(TRAILER_MAGIC) + 16
 
 #: Fills ``images [N, 3, S, S]`` uint8 (and ``masks [N, S, S]`` bool, zeros on entry, when masks are read).
 Decoder = Callable[[np.ndarray, np.ndarray | None], None]
@@ -77,28 +89,28 @@ def _library_versions() -> dict[str, str]:
     return {"pillow": str(pillow), "opencv": opencv}
 
 
-def _stat_line(path: Path) -> str:
-    stat = path.stat()
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
-def decoded_key_parts(samples: Sequence[Sample], size: int, resize: str, with_masks: bool) -> dict[str, Any]:
+def decoded_key_parts(
+    samples: Sequence[Sample], size: int, resize: str, with_masks: bool, source_keys: str = "content"
+) -> dict[str, Any]:
     """What a decoded split depends on: a digest of the files (images in order with byte size and
-    modification time; with masks, each sample's mask files the same way), the size, the resize
-    method, whether masks were read, :data:`FORMAT_VERSION` and the decoding libraries' versions.
+    content digest, or modification time with ``source_keys="stat"``; with masks, each sample's
+    mask files the same way), the size, the resize method, whether masks were read,
+    :data:`FORMAT_VERSION`, the decoding code's digest and the decoding libraries' versions.
 
-    Raises ``OSError`` when a file cannot be stat'ed (the caller then decodes, which names the file).
+    Raises ``OSError`` when a file cannot be read (the caller then decodes, which names the file).
     """
     digest = hashlib.sha256()
     for sample in samples:
-        digest.update(f"\n{_stat_line(sample.path)}".encode())
+        digest.update(f"\n{stat_line(sample.path, source_keys)}".encode())
         if with_masks:
             for mask_path in sample.mask_paths:
-                digest.update(f"\n  mask {_stat_line(mask_path)}".encode())
+                digest.update(f"\n  mask {stat_line(mask_path, source_keys)}".encode())
             digest.update(b"\n  end")
     return {
         "kind": "decoded_split",
         "format": FORMAT_VERSION,
+        "sources": source_keys,
+        "code": source_digest(DECODING_CODE),
         "files": digest.hexdigest(),
         "n": len(samples),
         "first": str(samples[0].path) if samples else None,
@@ -160,6 +172,18 @@ def _exclusive(lock_path: Path, timeout_s: float) -> Iterator[bool]:
         os.close(fd)  # releases the lock
 
 
+def _checksum_problem(path: Path, flat: np.memmap) -> str | None:
+    """None when the trailer after ``flat`` in ``path`` holds ``flat``'s digest, else what is wrong."""
+    with open(path, "rb") as handle:
+        handle.seek(flat.offset + flat.nbytes)
+        trailer = handle.read(TRAILER_BYTES)
+    if not trailer.startswith(TRAILER_MAGIC):
+        return "no checksum trailer"
+    if xxhash.xxh3_128(flat).digest() != trailer[len(TRAILER_MAGIC) :]:
+        return "content checksum mismatch: the pixels are not the ones written"
+    return None
+
+
 class DecodedCache:
     """Get-or-decode for the decoded images (and masks) of one split, on disk (see the module doc).
 
@@ -170,19 +194,30 @@ class DecodedCache:
             models and decoded splits alike) are deleted until it fits; None: unbounded.
         lock_timeout_s: how long a job waits for another job decoding the same split before
             decoding it itself.
+        source_keys: ``content`` (key on the files' bytes) or ``stat`` (names, sizes, mtimes):
+            :data:`ulsad_bench.data.content.SOURCE_KEYS`.
 
     Attributes:
         hits / misses: counts since creation (a miss means the split was decoded).
         evicted: names of the entries this cache's writes evicted.
+        discarded: names of entries found corrupt (deleted and decoded again).
     """
 
-    def __init__(self, directory: str | Path, max_bytes: int | None = None, lock_timeout_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        max_bytes: int | None = None,
+        lock_timeout_s: float = 3600.0,
+        source_keys: str = "content",
+    ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.lock_timeout_s = lock_timeout_s
+        self.source_keys = source_keys
         self.hits = 0
         self.misses = 0
         self.evicted: list[str] = []
+        self.discarded: list[str] = []
 
     def entry_path(self, parts: dict[str, Any]) -> Path:
         """``<directory>/<cache_key(parts)>.npy``."""
@@ -200,7 +235,7 @@ class DecodedCache:
         """
         n = len(samples)
         try:
-            parts = decoded_key_parts(samples, size, resize, with_masks) if n else None
+            parts = decoded_key_parts(samples, size, resize, with_masks, self.source_keys) if n else None
         except OSError:
             parts = None  # a missing file: the decode raises the dataset's own error, naming it
         if parts is None:
@@ -249,26 +284,32 @@ class DecodedCache:
                 isinstance(flat, np.memmap)
                 and flat.dtype == np.uint8
                 and flat.shape == (length,)
-                and flat.offset + length == path.stat().st_size
+                and flat.offset + length + TRAILER_BYTES == path.stat().st_size
             )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as err:  # unreadable header, truncated data
-            log.warning("decoded cache: unreadable entry %s (%s); decoding again", path.name, err)
-            return None
+            return self._discard(path, f"unreadable ({err})")
         if not ok:
-            log.warning("decoded cache: entry %s is not a %d-image split of %d px; decoding again", path.name, n, size)
-            return None
+            return self._discard(path, f"not a {n}-image split of {size} px with its checksum")
+        problem = _checksum_problem(path, flat)
+        if problem:
+            return self._discard(path, problem)
         self.hits += 1
         _touch(path)
         return split_views(flat, n, size, with_masks)
 
+    def _discard(self, path: Path, why: str) -> None:
+        discard_entry(path, why)
+        self.discarded.append(path.name)
+
     def _write(self, path: Path, flat: np.ndarray, parts: dict[str, Any]) -> None:
         tmp: str | None = None
         try:
-            handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
+            handle, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".npy", dir=path.parent)
             with os.fdopen(handle, "wb") as file:
                 np.save(file, flat, allow_pickle=False)
+                file.write(TRAILER_MAGIC + xxhash.xxh3_128(flat).digest())
             os.replace(tmp, path)
             tmp = None
             path.with_suffix(".json").write_text(json.dumps(parts, sort_keys=True, indent=1))

@@ -24,16 +24,21 @@ from pathlib import Path
 from .sample import LOGICAL, NORMAL, STRUCTURAL, DatasetError, Sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: files of a category folder that a job reads besides its images, when present (MVTec LOCO's
+#: sPRO saturation thresholds, :mod:`.channels`): part of the data fingerprint
+CATEGORY_INPUTS = ("defects_config.json",)
 KIND_BY_DEFECT = {"logical_anomalies": LOGICAL, "structural_anomalies": STRUCTURAL}
 
 
 @dataclass(frozen=True)
 class CategorySplits:
-    """The samples of one category as found on disk (before any validation hold-out)."""
+    """The samples of one category as found on disk (before any validation hold-out), and the
+    other files a job reads (``inputs``: :data:`CATEGORY_INPUTS`, VisA's split CSV)."""
 
     train: list[Sample]
     validation: list[Sample]
     test: list[Sample]
+    inputs: tuple[Path, ...] = ()
 
 
 def is_hidden(path: Path) -> bool:
@@ -113,4 +118,5 @@ def read_category(
         )
     if not any(s.label == 1 for s in test):
         raise DatasetError(f"no anomalous test images under {test_dir}: expected test/<defect>/ folders")
-    return CategorySplits(train=train, validation=validation, test=test)
+    inputs = tuple(category_dir / name for name in CATEGORY_INPUTS if (category_dir / name).is_file())
+    return CategorySplits(train=train, validation=validation, test=test, inputs=inputs)

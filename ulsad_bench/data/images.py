@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .content import stat_line
 from .decoded import DecodedCache
 from .sample import Sample, read_image, read_mask
 
@@ -101,12 +102,14 @@ class ImageSet:
             yield idx, self.float_images(idx)
 
 
-def file_list_key(samples: Sequence[Sample], size: int, resize: str = "cv2_linear") -> str:
-    """Hash of the files (path, byte size, modification time), the image size and the resize."""
-    digest = hashlib.sha256(f"size={size}|resize={resize}".encode())
+def file_list_key(
+    samples: Sequence[Sample], size: int, resize: str = "cv2_linear", source_keys: str = "content"
+) -> str:
+    """Hash of the files (path, byte size and content digest, or modification time with
+    ``source_keys="stat"``: :mod:`.content`), the image size and the resize."""
+    digest = hashlib.sha256(f"size={size}|resize={resize}|{source_keys}".encode())
     for sample in samples:
-        stat = sample.path.stat()
-        digest.update(f"\n{sample.path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        digest.update(f"\n{stat_line(sample.path, source_keys)}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -157,13 +160,16 @@ def load_image_set(
     progress: bool = True,
     resize: str = "cv2_linear",
     cache: DecodedCache | str | Path | None = None,
+    source_keys: str = "content",
 ) -> ImageSet:
     """Decode and resize every image (and mask) of a split (:func:`decode_into`; ``resize``:
     :data:`~ulsad_bench.data.sample.RESIZE_METHODS`).
 
     ``cache``: a :class:`~ulsad_bench.data.decoded.DecodedCache` (or its folder, unbounded) to
     decode each split once and serve later loads memory-mapped from disk, bit-identical to a
-    decode; None: decode every time and write nothing.
+    decode; None: decode every time and write nothing. ``source_keys``: what identifies the
+    files in the set's :attr:`ImageSet.key` (the feature caches' key): their bytes (``content``)
+    or their stat (``stat``), :mod:`.content`; a given cache keys on its own setting.
     """
     samples = list(samples)
     if cache is None:
@@ -171,7 +177,7 @@ def load_image_set(
         masks = np.zeros((len(samples), size, size), dtype=bool) if with_masks else None
         decode_into(samples, size, resize, images, masks, desc, workers, progress)
     else:
-        cache = cache if isinstance(cache, DecodedCache) else DecodedCache(cache)
+        cache = cache if isinstance(cache, DecodedCache) else DecodedCache(cache, source_keys=source_keys)
         images, masks, _ = cache.get_or_decode(
             samples,
             size,
@@ -183,5 +189,5 @@ def load_image_set(
         samples=samples,
         images=torch.from_numpy(images),
         masks=None if masks is None else torch.from_numpy(masks),
-        key=file_list_key(samples, size, resize),
+        key=file_list_key(samples, size, resize, source_keys),
     )

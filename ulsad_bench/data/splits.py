@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from .content import file_digest
 from .folder import CategorySplits, read_category
 from .sample import DatasetError, Sample
 from .synthetic import SyntheticSpec, ensure_synthetic
@@ -40,6 +41,7 @@ class Splits:
     test: list[Sample]
     val_source: str
     category_dir: Path
+    inputs: tuple[Path, ...] = ()
 
     def counts(self) -> dict[str, int]:
         counts = {
@@ -52,31 +54,55 @@ class Splits:
             counts[f"test_{kind}"] = sum(s.kind == kind for s in self.test)
         return counts
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What a job reads, cheaply: per split, its files (images, then their masks) by name
-        relative to the category folder, with byte sizes and modification times.
+    def fingerprint(self, content: bool = False, extra: tuple[Path, ...] = ()) -> dict[str, Any]:
+        """What a job reads: per split, its files (images, then their masks) by name relative to
+        the category folder, with byte sizes and modification times, and (group ``inputs``) the
+        other files it reads (:attr:`inputs`: MVTec LOCO's ``defects_config.json``, VisA's CSV).
+        ``content``: also a digest of every file's bytes (they are all read,
+        :func:`~ulsad_bench.data.content.file_digest`). ``extra``: more files the job reads
+        (a model's teacher, penalty images, a weights file: :meth:`ulsad_bench.spec.JobSpec.input_files`),
+        in ``inputs`` too.
 
         Returns:
             ``{"sha256": H, "splits": {"train": {"files": N, "names_sha256": h1, "sha256": h2}, ...}}``;
-            ``names_sha256`` covers names (and labels) only, ``sha256`` names, sizes and mtimes.
-            Moving the dataset folder leaves it unchanged; adding, removing, replacing or touching
-            a file changes it.
+            ``names_sha256`` covers names (and labels) only, ``sha256`` names, sizes and mtimes;
+            with ``content``, ``content_sha256`` per group and in total. Moving the dataset folder
+            leaves it unchanged; adding, removing, replacing or touching a file changes it.
         """
-        total = hashlib.sha256()
+        total, total_content = hashlib.sha256(), hashlib.sha256()
         splits: dict[str, Any] = {}
-        for name, samples in (("train", self.train), ("val", self.val), ("test", self.test)):
-            names, stats = hashlib.sha256(), hashlib.sha256()
-            files = 0
-            for sample in samples:
-                for path in (sample.path, *sample.mask_paths):
-                    stat = path.stat()
-                    line = f"{_relative(path, self.category_dir)}|{sample.label}|{sample.defect_type}\n"
-                    names.update(line.encode())
-                    stats.update(f"{line}{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-                    files += 1
-            splits[name] = {"files": files, "names_sha256": names.hexdigest()[:16], "sha256": stats.hexdigest()[:16]}
+        for name, files in self._fingerprint_groups(extra):
+            names, stats, contents = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+            for path, label, defect in files:
+                stat = path.stat()
+                line = f"{_relative(path, self.category_dir)}|{label}|{defect}\n"
+                names.update(line.encode())
+                stats.update(f"{line}{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+                if content:
+                    contents.update(f"{line}{file_digest(path)}\n".encode())
+            splits[name] = {
+                "files": len(files),
+                "names_sha256": names.hexdigest()[:16],
+                "sha256": stats.hexdigest()[:16],
+            }
             total.update(f"{name}:{splits[name]['sha256']};".encode())
-        return {"sha256": total.hexdigest()[:16], "splits": splits}
+            if content:
+                splits[name]["content_sha256"] = contents.hexdigest()[:16]
+                total_content.update(f"{name}:{splits[name]['content_sha256']};".encode())
+        found: dict[str, Any] = {"sha256": total.hexdigest()[:16], "splits": splits}
+        if content:
+            found["content_sha256"] = total_content.hexdigest()[:16]
+        return found
+
+    def _fingerprint_groups(self, extra: tuple[Path, ...]) -> list[tuple[str, list[tuple[Path, Any, str]]]]:
+        groups = [
+            (name, [(path, s.label, s.defect_type) for s in samples for path in (s.path, *s.mask_paths)])
+            for name, samples in (("train", self.train), ("val", self.val), ("test", self.test))
+        ]
+        inputs = (*self.inputs, *extra)
+        if inputs:  # only when there are some: fingerprints of jobs without them are unchanged
+            groups.append(("inputs", [(path, "input", "") for path in inputs]))
+        return groups
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -185,7 +211,7 @@ def build_splits(cfg: Any, cache_dir: Path, uses_validation: bool = True) -> Spl
     train = list(found.train)
     if not uses_validation and not bool(cfg.get("validation_for_all", False)):
         source = "none: the model uses no validation split and trains on every training image"
-        return Splits(train=train, val=[], test=list(found.test), val_source=source, category_dir=directory)
+        return Splits(train, [], list(found.test), source, directory, found.inputs)
     if mode == "folder":
         if not found.validation:
             raise DatasetError(f"{directory} has no validation/ folder; use dataset.val_split=holdout")
@@ -197,4 +223,4 @@ def build_splits(cfg: Any, cache_dir: Path, uses_validation: bool = True) -> Spl
     else:
         val = [s for s in found.test if s.label == 0]
         source = "test_set (normal TEST images, as the authors' configs)"
-    return Splits(train=train, val=val, test=list(found.test), val_source=source, category_dir=directory)
+    return Splits(train, val, list(found.test), source, directory, found.inputs)

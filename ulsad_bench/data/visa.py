@@ -97,7 +97,7 @@ def read_visa_csv(root: Path, category: str) -> CategorySplits:
     ):
         if not present:
             raise DatasetError(f"no {images} for {what}: expected rows with {rows}")
-    return CategorySplits(train=train, validation=[], test=test)
+    return CategorySplits(train=train, validation=[], test=test, inputs=(csv_path,))
 
 
 def prepared_category_dir(root: Path, category: str) -> Path | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,6 +154,12 @@ class AnomalyModel(ABC):
         backbone weights (a teacher, penalty images) is missing; for a sweep's pre-flight. None
         by default."""
         return None
+
+    def input_files(self, weights_policy: str = "imagenet") -> list[Path]:
+        """The files the model reads besides the dataset and the backbone weights (a teacher,
+        penalty images), those that exist: the data fingerprint's ``inputs`` group, so resume sees
+        them change. None by default."""
+        return []
 
     @classmethod
     def check_image_size(cls, size: int) -> None:

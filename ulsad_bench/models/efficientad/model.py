@@ -8,6 +8,7 @@ through :mod:`ulsad_bench.models.anomalib_adapter`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -22,7 +23,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ...data import ImageSet
+from ...data import DatasetError, ImageSet
 from ...environment import adam_implementation, seeded
 from .. import anomalib_adapter as adapter
 from ..base import AnomalyModel, CacheEntry, CacheFacts, Prediction, RunContext
@@ -202,6 +203,18 @@ class EfficientAd(AnomalyModel):
             teacher_file(self.teacher_weights, self.model_size)
         if penalty == "imagenette" and self.penalty_dir is not None:
             penalty_files(self.penalty_dir)
+
+    def input_files(self, weights_policy: str = "imagenet") -> list[Path]:
+        """The teacher file and the penalty images the job will read (those that exist)."""
+        teacher, penalty = self.resolve_setting(weights_policy)
+        found: list[Path] = []
+        if teacher == "pretrained" and self.teacher_weights is not None:
+            file = Path(self.teacher_weights).expanduser()
+            found += [file.resolve()] if file.is_file() else []
+        if penalty == "imagenette" and self.penalty_dir is not None:
+            with contextlib.suppress(DatasetError):  # missing: the job refuses it by name
+                found += penalty_files(self.penalty_dir)
+        return found
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
