@@ -87,7 +87,7 @@ sweep: install
 		n_jobs="$(N_JOBS)" root="$(DATASET_ROOT)" launcher="$(LAUNCHER)" plan="$(PLAN)" -- $(ARGS)
 
 tables: install
-	$(PY) -m ulsad_bench.report $(RESULTS) --out reports
+	$(PY) -m ulsad_bench.report $(RESULTS)
 
 # DEVICE=cuda: Table 4 on a GPU (fp32 and bf16 + channels-last); refuses on a machine without CUDA.
 bench: install

@@ -64,7 +64,7 @@ def test_map_figures_columns() -> None:
     fig = maps_figure(ulsad, "Figure 6", per_defect=2)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:5] == ["Image", "Ground truth", "Local", "Global", "Combined"]
-    assert len(fig.axes) == 10
+    assert len(fig.axes) == 10 + 3  # 2 rows x 5 panels, and a colour bar under each map column
     assert "RANDOM-INIT BACKBONE" in fig.get_suptitle()
     padim = _run("PaDiM", False, ["b.png"])
     fig = methods_figure([ulsad, padim], "Figure 9", per_defect=2)

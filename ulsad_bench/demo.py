@@ -6,8 +6,9 @@ categories (``texture``, ``pinbox``), seed 0, with the settings of its preset
 preset says how; every record carries them). EfficientAD is left out by default (its 256-pixel
 training is slow on a CPU): ``python -m ulsad_bench.demo --models ulsad,patchcore,padim,dfr,efficientad``.
 
-The report (``python -m ulsad_bench.report outputs/demo --out reports``) then writes the
-tables and figures for the demo's runs to ``reports/`` and prints Table 1.
+The report (``python -m ulsad_bench.report outputs/demo``) then writes the tables and figures
+for the demo's runs to ``outputs/demo/reports/`` (beside them, so ``make tables`` on other results
+never overwrites them) and prints Table 1.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from .records import main as list_records
 from .report import main as report
 
 RESULTS = Path("outputs/demo")
-REPORTS = Path("reports")
 PRESETS = EXPERIMENTS_DIR / "demo"
 DEMO_MODELS = sorted(path.stem for path in PRESETS.glob("*.yaml"))
 DEFAULT_MODELS = "ulsad,patchcore,padim,dfr"
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the demo jobs on the synthetic dataset, then the tables.")
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, from {', '.join(DEMO_MODELS)}")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--reports", type=Path, default=REPORTS)
+    parser.add_argument("--reports", type=Path, default=None, help="default: RESULTS/reports")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(DEMO_MODELS))
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(str((PRESETS / f"{m}.yaml").relative_to(REPO)) for m in models),
         flush=True,
     )
-    code = report([str(args.results), "--out", str(args.reports)])
+    code = report([str(args.results), *(["--out", str(args.reports)] if args.reports else [])])
     if failed:
         print(f"demo: jobs of {', '.join(failed)} failed (see the failed records above)", file=sys.stderr)
     return code or (1 if failed else 0)

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     code = subprocess.run(command, cwd=REPO).returncode
     if code != 0:
         print(f"the sweep exited with code {code}; records written so far are kept", file=sys.stderr)
-    report = [sys.executable, "-m", "ulsad_bench.report", args.get("results", "outputs"), "--out", "reports"]
+    report = [sys.executable, "-m", "ulsad_bench.report", args.get("results", "outputs")]  # -> <results>/reports
     print("+", shlex.join(report), flush=True)
     return subprocess.run(report, cwd=REPO).returncode or code
 

@@ -1,6 +1,7 @@
 """Reports: the paper's tables (LaTeX and Markdown) and figures, rendered from run records.
 
-``python -m ulsad_bench.report RESULTS_DIR [--out reports] [--paper]`` (``make tables``).
+``python -m ulsad_bench.report RESULTS_DIR [--out DIR] [--paper]`` (``make tables``), into
+``RESULTS_DIR/reports`` by default.
 Modules: :mod:`.load` (records -> DataFrame, checks), :mod:`.aggregate` (mean ± std over
 seeds), :mod:`.studies` (ULSAD's ablation / backbone / quantile runs), :mod:`.tables` (the
 paper's tables), :mod:`.grid` and :mod:`.table` (layout, best / second best),

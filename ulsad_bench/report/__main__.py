@@ -1,4 +1,4 @@
-"""``python -m ulsad_bench.report RESULTS_DIR [--out reports] [--paper]``."""
+"""``python -m ulsad_bench.report RESULTS_DIR [--out DIR] [--paper]`` (default DIR: RESULTS_DIR/reports)."""
 
 from .build import main
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .aggregate import FULL_SEEDS, category_stat, dataset_stat
 from .load import EFFICIENCY_COLUMNS, KIND_COLUMNS, Results
-from .table import CPU_MARK, PARTIAL_MARK, SEED_MARK, Table, Value, value_of
+from .table import CPU_MARK, PARTIAL_MARK, SEED_MARK, SETTING_MARK, Table, Value, value_of
 
 RANDOM_WARNING = "RANDOM-INIT BACKBONE: not comparable to the paper"
 TEST_VAL_WARNING = "VALIDATION ON TEST IMAGES: calibration/stopping saw the test set"
@@ -26,6 +26,7 @@ PROTOCOL_WARNING = (
 )
 DIRTY_WARNING = "RECORDS FROM UNCOMMITTED CODE (git tree with changes): see the notes"
 SUBSTITUTE_WARNING = "NOT THE PAPER'S SETTING (substitute teacher or penalty): see the notes"
+OFF_PAPER_WARNING = f"SETTINGS OTHER THAN THE PAPER'S in cells marked {SETTING_MARK} (e.g. shorter training): see notes"
 UNVERIFIED_WARNING = "UNVERIFIED BACKBONE WEIGHTS (sha256 not the published file's): see the notes"
 CONVENTIONS = (
     "Values in percent (throughput in images/s, memory in GB of 2^30 bytes): mean ± sample standard deviation "
@@ -65,6 +66,7 @@ class Audit:
         self.dirty: dict[str, None] = {}
         self.crops: dict[str, str] = {}
         self.substitutes: dict[str, str] = {}
+        self.off_paper: dict[str, str] = {}
         self.unverified: dict[str, None] = {}
         self.extra_warnings: list[str] = []
         self.extra_notes: list[str] = []
@@ -98,6 +100,8 @@ class Audit:
         if stat.dropped_seeds:
             seeds = ", ".join(str(s) for s in stat.dropped_seeds)
             self.dropped[where] = f"{where}: seed(s) {seeds} (not run in every category)"
+        if "off_paper" in frame and (frame["off_paper"] != "").any():
+            value.marks.append(SETTING_MARK)
         if column == "peak_memory_gb" and frame["memory_measure"].str.startswith("cpu").any():
             value.marks.append(CPU_MARK)
             self.cpu_memory = True
@@ -125,6 +129,9 @@ class Audit:
         if "substitute" in frame:
             for text in set(frame["substitute"]) - {""}:
                 self.substitutes[head] = f"{head}: {text}"
+        if "off_paper" in frame:
+            for text in set(frame["off_paper"]) - {""}:
+                self.off_paper[f"{head}: {text}"] = text
         if "weights_unverified" in frame and frame["weights_unverified"].any():
             self.unverified[head] = None
         every = self.results.scope(**scope)
@@ -184,6 +191,8 @@ class Audit:
             warnings.append(DIRTY_WARNING)
         if self.substitutes:
             warnings.append(SUBSTITUTE_WARNING)
+        if self.off_paper:
+            warnings.append(OFF_PAPER_WARNING)
         if self.unverified:
             warnings.append(UNVERIFIED_WARNING)
         return warnings
@@ -238,6 +247,11 @@ class Audit:
             notes.append(
                 "Not the paper's EfficientAD (a teacher distilled on the training images instead of anomalib's "
                 f"pretrained one, or no ImageNette penalty): {'; '.join(self.substitutes.values())}."
+            )
+        if self.off_paper:
+            notes.append(
+                f"{SETTING_MARK}: run with settings other than the paper's (conf/model/<name>.yaml holds the paper's): "
+                f"{_short_list(list(self.off_paper))}."
             )
         if self.unverified:
             notes.append(

@@ -1,10 +1,12 @@
-"""``python -m ulsad_bench.report RESULTS_DIR [--out reports] [--paper]``: tables and figures.
+"""``python -m ulsad_bench.report RESULTS_DIR [--out DIR] [--paper]``: tables and figures.
 
-Reads every ``record.json`` under RESULTS_DIR (:mod:`.load`), writes each table the records
-allow as ``<key>.md`` and ``<key>.tex`` (:mod:`.tables`), the figures as PNG and PDF under
-``figures/`` (:mod:`.figures`), the records as one CSV (``records.csv``) and an index
-(``README.md``) listing tables, figures, failed records and conflicts. ``--paper`` also writes
-``<key>_vs_paper.*``: the paper's numbers beside the measured ones and the difference.
+Reads every ``record.json`` under RESULTS_DIR (:mod:`.load`) and writes, into ``--out`` (default
+``RESULTS_DIR/reports``: next to the results it comes from, so the reports of two result folders
+never overwrite each other), each table the records allow as ``<key>.md`` and ``<key>.tex``
+(:mod:`.tables`), the figures as PNG and PDF under ``figures/`` (:mod:`.figures`), the records
+as one CSV (``records.csv``) and an index (``README.md``) listing tables, figures, failed records
+and conflicts. ``--paper`` also writes ``<key>_vs_paper.*``: the paper's numbers beside the
+measured ones and the difference.
 Then it prints Table 1 (Markdown) and the failed records.
 
 Files this command wrote last time (listed in ``.report-files``) are removed first, so a table
@@ -26,6 +28,8 @@ from .table import Table
 from .tables import Context, all_tables
 
 MANIFEST = ".report-files"
+#: the report's folder inside the results folder it is made from (:func:`default_out`)
+REPORTS_DIR = "reports"
 RECORD_COLUMNS = [
     "status",
     "excluded",
@@ -115,6 +119,9 @@ def _index(report: Report, paper: bool) -> str:
         "",
         "## Tables",
         "",
+        "Each table as Markdown (`.md`) and LaTeX (`.tex`, a `table` float to `\\input`): the LaTeX needs "
+        "`\\usepackage{booktabs}` (its rules); with `graphicx` loaded, tables wider than the text are shrunk to fit.",
+        "",
     ]
     for table in report.tables:
         flags = f" — **{'; '.join(table.warnings)}**" if table.warnings else ""
@@ -164,15 +171,21 @@ def _unused(results: Results) -> list[str]:
     return lines
 
 
+def default_out(results_dir: Path | str) -> Path:
+    """Where the report of ``results_dir`` goes by default: ``<results_dir>/reports``."""
+    return Path(results_dir) / REPORTS_DIR
+
+
 def build_report(
     results_dir: Path | str,
-    out: Path | str = "reports",
+    out: Path | str | None = None,
     paper: bool = False,
     figures: bool = True,
     per_defect: int = 1,
 ) -> Report:
-    """Read the records under ``results_dir`` and write tables, figures and the index to ``out``."""
-    out = Path(out)
+    """Read the records under ``results_dir`` and write tables, figures and the index to ``out``
+    (default :func:`default_out`)."""
+    out = Path(out) if out is not None else default_out(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     _clean(out)
     results = load_results(results_dir)
@@ -234,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m ulsad_bench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="folder searched for record.json files")
-    parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS/reports)")
     parser.add_argument("--paper", action="store_true", help="also write the paper's numbers and the differences")
     parser.add_argument("--no-figures", action="store_true", help="tables only")
     parser.add_argument("--per-defect", type=int, default=1, help="test images per defect type in Figures 6 and 9")

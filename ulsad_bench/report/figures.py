@@ -7,7 +7,10 @@
 - Figure 8: heat maps of the three metrics over the alpha x beta grid, the paper's choice framed.
 
 Maps are shown with one colour scale per run and map (1st to 99.5th percentile of that map over
-the run's saved images), so normal and anomalous images of a run can be compared. The run shown
+the run's saved images), so normal and anomalous images of a run can be compared; methods' maps
+are not on one scale (their scores have different units). Each map column has its colour bar,
+the caption says so, rows are labelled with the defect type as a reader says it, and each map
+carries the image's anomaly score (the run's ``predictions.csv``). The run shown
 is the lowest seed with a ``maps.npz``. Figures are drawn on matplotlib ``Figure`` objects (no
 pyplot, no display, nothing global changed) and written by the Agg renderer (PNG) and the PDF one.
 """
@@ -24,9 +27,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..artifacts import MapPreview, read_maps
+from ..artifacts import MapPreview, read_maps, read_predictions
 from .aggregate import Stat, dataset_stat
-from .naming import METRIC_LABEL, METRICS, backbone_label, backbone_order, dataset_label
+from .naming import METRIC_LABEL, METRICS, backbone_label, backbone_order, dataset_label, defect_label
 from .paper import Paper
 from .protocol_gap import protocol_figures
 from .studies import PAPER_QUANTILES, Study, backbone_study, quantile_study
@@ -34,6 +37,11 @@ from .tables import Context, Method
 
 CMAP = "jet"
 RANDOM_TITLE = "RANDOM-INIT BACKBONE: not comparable to the paper"
+MAPS_WHAT = " (one colour scale per column, shown by its bar; each map with the image's score)"
+SCALE_NOTE = (
+    "Colour: one scale per map column (its bar: 1st to 99.5th percentile of that run's saved maps),\n"
+    "not comparable across columns; s = the image's anomaly score"
+)
 
 
 @dataclass
@@ -44,6 +52,12 @@ class RunMaps:
     seed: int
     random_init: bool
     preview: MapPreview
+    scores: dict[str, float] | None = None  # image path -> anomaly score (predictions.csv)
+
+    def score_of(self, path: str) -> str:
+        """``"s = 1.23"`` for the image at ``path``, "" when the run saved no score for it."""
+        score = (self.scores or {}).get(path)
+        return "" if score is None else f"s = {score:.3g}"
 
 
 def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
@@ -60,7 +74,11 @@ def load_run_maps(frame: pd.DataFrame, label: str) -> RunMaps | None:
     for row in frame.sort_values("seed").itertuples():
         preview = read_maps(Path(row.run_dir))
         if preview is not None:
-            return RunMaps(label, int(row.seed), row.weights_policy == "random", preview)
+            try:
+                scores = {p.path: p.score for p in read_predictions(Path(row.run_dir))}
+            except (OSError, KeyError, ValueError):  # no or an unreadable predictions.csv: no scores shown
+                scores = None
+            return RunMaps(label, int(row.seed), row.weights_policy == "random", preview, scores)
     return None
 
 
@@ -83,18 +101,33 @@ def _scale(values: np.ndarray) -> tuple[float, float]:
     return float(low), float(high if high > low else low + 1e-6)
 
 
-def _show(ax: Any, picture: np.ndarray | None, title: str | None, **kw: Any) -> None:
+def _show(ax: Any, picture: np.ndarray | None, title: str | None, note: str = "", **kw: Any) -> Any:
+    """Draw ``picture`` (or "n/a") on ``ax`` with ``title`` above and ``note`` below; returns the image."""
+    image = None
     if picture is None:
         ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, fontsize=8)
     else:
-        ax.imshow(picture, **kw)
+        image = ax.imshow(picture, **kw)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=8)
+    if note:
+        ax.set_xlabel(note, fontsize=6, labelpad=1)
+    return image
 
 
-def _suptitle(fig: Figure, title: str, random_init: bool) -> None:
+def _colour_bars(fig: Figure, axes: Any, images: dict[int, Any]) -> None:
+    """A colour bar under each map column ``c`` (``images[c]``: one of its drawn maps)."""
+    for c, image in images.items():
+        bar = fig.colorbar(image, ax=axes[:, c], location="bottom", fraction=0.04, pad=0.02, aspect=12)
+        bar.ax.tick_params(labelsize=5)
+        bar.set_label("anomaly map", fontsize=6)
+
+
+def _suptitle(fig: Figure, title: str, random_init: bool, maps: bool = False) -> None:
+    if maps:
+        title += f"\n{SCALE_NOTE}"
     if random_init:
         title += f"\n{RANDOM_TITLE}"
     fig.suptitle(title, fontsize=9, color="darkred" if random_init else "black")
@@ -103,7 +136,7 @@ def _suptitle(fig: Figure, title: str, random_init: bool) -> None:
 def _image_and_mask(axes: Any, preview: MapPreview, i: int, first: bool) -> None:
     """The first two columns of a figure row: the test image (defect type as label) and its mask."""
     _show(axes[0], preview.image[i].transpose(1, 2, 0), "Image" if first else None)
-    axes[0].set_ylabel(str(preview.defect_type[i]), fontsize=7)
+    axes[0].set_ylabel(defect_label(str(preview.defect_type[i])), fontsize=7)
     _show(axes[1], preview.mask_of(i), "Ground truth" if first else None, cmap="gray", vmin=0, vmax=1)
 
 
@@ -116,23 +149,20 @@ def maps_figure(run: RunMaps, title: str, per_defect: int = 1) -> Figure:
     columns.append((preview.map, "Combined"))
     scales = [_scale(maps) for maps, _ in columns]
     rows = choose_images(preview.defect_type, per_defect)
-    fig = Figure(figsize=(1.6 * (2 + len(columns)), 1.6 * len(rows) + 0.6))
+    fig = Figure(figsize=(1.6 * (2 + len(columns)), 1.7 * len(rows) + 1.4), layout="constrained")
     axes = fig.subplots(len(rows), 2 + len(columns), squeeze=False)
+    drawn: dict[int, Any] = {}
     for r, i in enumerate(rows):
         first = r == 0
         _image_and_mask(axes[r], preview, i, first)
         for c, (maps, name) in enumerate(columns):
             low, high = scales[c]
-            _show(
-                axes[r, 2 + c],
-                maps[i].astype(np.float32),
-                name if first else None,
-                cmap=CMAP,
-                vmin=low,
-                vmax=high,
-            )
-    _suptitle(fig, title, run.random_init)
-    fig.tight_layout()
+            note = run.score_of(str(preview.path[i])) if name == "Combined" else ""
+            scale = {"cmap": CMAP, "vmin": low, "vmax": high}
+            image = _show(axes[r, 2 + c], maps[i].astype(np.float32), name if first else None, note, **scale)
+            drawn[2 + c] = image if image is not None else drawn.get(2 + c)
+    _colour_bars(fig, axes, {c: image for c, image in drawn.items() if image is not None})
+    _suptitle(fig, title, run.random_init, maps=True)
     return fig
 
 
@@ -141,18 +171,22 @@ def methods_figure(runs: list[RunMaps], title: str, per_defect: int = 1) -> Figu
     base = runs[0].preview
     rows = choose_images(base.defect_type, per_defect)
     scales = [_scale(run.preview.map) for run in runs]
-    fig = Figure(figsize=(1.6 * (2 + len(runs)), 1.6 * len(rows) + 0.6))
+    fig = Figure(figsize=(1.6 * (2 + len(runs)), 1.7 * len(rows) + 1.4), layout="constrained")
     axes = fig.subplots(len(rows), 2 + len(runs), squeeze=False)
+    drawn: dict[int, Any] = {}
     for r, i in enumerate(rows):
         first = r == 0
         _image_and_mask(axes[r], base, i, first)
         for c, run in enumerate(runs):
-            j = run.preview.index_of(str(base.path[i]))
+            path = str(base.path[i])
+            j = run.preview.index_of(path)
             picture = None if j is None else run.preview.map[j].astype(np.float32)
             low, high = scales[c]
-            _show(axes[r, 2 + c], picture, run.label if first else None, cmap=CMAP, vmin=low, vmax=high)
-    _suptitle(fig, title, any(run.random_init for run in runs))
-    fig.tight_layout()
+            scale = {"cmap": CMAP, "vmin": low, "vmax": high}
+            image = _show(axes[r, 2 + c], picture, run.label if first else None, run.score_of(path), **scale)
+            drawn[2 + c] = image if image is not None else drawn.get(2 + c)
+    _colour_bars(fig, axes, {c: image for c, image in drawn.items() if image is not None})
+    _suptitle(fig, title, any(run.random_init for run in runs), maps=True)
     return fig
 
 
@@ -270,12 +304,12 @@ def all_figures(ctx: Context, out_dir: Path, per_defect: int = 1, paper: bool = 
                     )
                     title = f"Figure 6: {method.label} anomaly maps, {where} (seed {run.seed})"
                     save(maps_figure(run, title, per_defect), out_dir, stem)
-                    written.append((stem, f"{method.label} local / global / combined maps, {where}"))
+                    written.append((stem, f"{method.label} local / global / combined maps, {where}{MAPS_WHAT}"))
             if runs:
                 stem = f"fig9_{dataset}_{category}"
                 title = f"Figure 9: anomaly maps per method, {where}"
                 save(methods_figure([run for _, run in runs], title, per_defect), out_dir, stem)
-                written.append((stem, f"anomaly maps of {', '.join(m.label for m, _ in runs)}, {where}"))
+                written.append((stem, f"anomaly maps of {', '.join(m.label for m, _ in runs)}, {where}{MAPS_WHAT}"))
     written += protocol_figures(ctx.main, out_dir, save)
     ulsad = sorted(set(ctx.ok.loc[ctx.ok["model"] == "ulsad", "dataset"]))
     for dataset in ulsad:

@@ -22,6 +22,7 @@ never averaged in. Records made from a git tree with uncommitted changes are lis
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from omegaconf import OmegaConf
 
-from ..config import result_config
+from ..config import CONF_DIR, flatten, is_result_key, result_config
 from ..protocol import Protocol
 from ..records import find_records, inspect_record, is_attempt, is_dirty, weights_policy
 from .naming import ALL_METRICS, KINDS, SPRO_METRICS
@@ -95,6 +97,38 @@ def config_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(experiment_config(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@functools.cache
+def paper_model_settings(model: str) -> dict[str, Any] | None:
+    """The model's settings as ``conf/model/<model>.yaml`` gives them (the paper's setting: the
+    defaults are the paper's, README "The paper's setting"), flattened; None for a model without one."""
+    path = CONF_DIR / "model" / f"{model}.yaml"
+    if not path.is_file():  # a model whose config is not in conf/model (a researcher's own)
+        return None
+    content = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # plain YAML, no interpolation
+    return flatten(content) if isinstance(content, dict) else None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool | str):
+        return float(a) == float(b)
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def off_paper_settings(model: str, model_cfg: dict[str, Any]) -> str:
+    """``"epochs=100 (paper: 200), feature_dim=128 (paper: 384)"``: the model's result settings that
+    differ from the paper's (:func:`paper_model_settings`); "" when none does or none is known."""
+    paper = paper_model_settings(model)
+    if paper is None:
+        return ""
+    used = flatten(model_cfg)
+    parts = [
+        f"{key}={json.dumps(used.get(key), default=str)} (paper: {json.dumps(default, default=str)})"
+        for key, default in paper.items()
+        if is_result_key(f"model.{key}") and key in used and not _same(used.get(key), default)
+    ]
+    return ", ".join(parts)
+
+
 def _pct(value: Any) -> float:
     return float("nan") if value is None else 100.0 * float(value)
 
@@ -148,6 +182,7 @@ def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
         if hyper.get("paper_setting") is False
         else ""
     )
+    row["off_paper"] = off_paper_settings(row["model"], model_cfg) if not row["variant"] else ""
     for metric in RECORD_METRICS:
         row[metric] = _pct(metrics.get(metric))
     by_kind = record.get("metrics_by_kind") or {}

@@ -75,6 +75,23 @@ BACKBONE_LABEL = {
 PAPER_BACKBONE = "wide_resnet50_2"
 
 
+#: test folders' names as a reader says them (MVTec AD, LOCO, VisA, BTAD)
+DEFECT_LABEL = {
+    "good": "normal",
+    "ok": "normal",
+    "bad": "anomalous",
+    "ko": "anomalous",
+    "logical_anomalies": "logical anomaly",
+    "structural_anomalies": "structural anomaly",
+}
+
+
+def defect_label(defect: str) -> str:
+    """A test folder's name for a figure: ``logical_anomalies`` -> ``logical anomaly``, ``good``
+    -> ``normal``, ``broken_large`` -> ``broken large``."""
+    return DEFECT_LABEL.get(defect, defect.replace("_", " "))
+
+
 def method_name(model: str) -> str:
     """The paper's name for a model (its config name, capitalised, when the paper has none)."""
     return MODEL_METHOD.get(model, model.capitalize())

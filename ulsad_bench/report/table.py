@@ -23,6 +23,7 @@ Text = str | tuple[str, str]
 SEED_MARK = "†"
 PARTIAL_MARK = "‡"
 CPU_MARK = "§"
+SETTING_MARK = "¶"
 
 
 @dataclass

@@ -124,6 +124,8 @@ class Context:
         for (model, protocol), runs in self.main_all.groupby(["model", "protocol"]):
             name, tag = method_name(str(model)), str(protocol)
             suffix = "" if tag == "clean" else f" {protocol_label(tag)}"
+            resolved = runs[runs["backbone"] != ""]  # a job refused before its backbone was resolved names none:
+            runs = resolved if not resolved.empty else runs  # it is listed as a failure, never a method of its own
             if runs.groupby("dataset")["backbone"].nunique().max() > 1:
                 methods += [
                     Method(str(model), str(b), name, f"{name} ({backbone_label(str(b))}){suffix}", tag)
