@@ -28,6 +28,9 @@ def test_every_figure_written_as_png_and_pdf(report) -> None:
         "fig9_mvtec_loco_juice_bottle",
         "fig7_backbones_mvtec_loco",
         "fig8_quantiles_mvtec_loco",
+        *(stem for stem in stems if stem.startswith("cd_")),  # the statistics' figures (test_report_statistics)
+        "spread_mvtec_loco",
+        "spread_synthetic",
     ]
     for stem in stems:
         png = report.out / "figures" / f"{stem}.png"

@@ -99,3 +99,74 @@ def test_latex_tables_and_the_index_say_they_need_booktabs(tmp_path: Path) -> No
     tex = _md(tmp_path / "reports" / "table01_image_auroc.tex")
     assert any(line.startswith("%") and r"\usepackage{booktabs}" in line for line in tex.splitlines()[:4])
     assert r"`\usepackage{booktabs}`" in _md(tmp_path / "reports" / "README.md")
+
+
+def _multi_seed(root: Path) -> Path:
+    """Eight synthetic categories, five seeds: PatchCore statistically tied with ULSAD, PaDiM
+    significantly lower (tests/test_report_statistics.py), and two LOCO categories (too few to test)."""
+    from tests.test_report_statistics import CATEGORIES, LOCO, SEEDS, _write
+
+    for model in ("ulsad", "padim", "patchcore"):
+        _write(root, model, "synthetic", CATEGORIES, SEEDS)
+        _write(root, model, "mvtec_loco", LOCO, SEEDS)
+    return root
+
+
+def test_main_tables_mark_the_methods_tied_with_the_best_and_intervals_on_request(tmp_path: Path) -> None:
+    from scipy import stats
+
+    from ulsad_bench.report.statistics import bootstrap_interval
+
+    results = _multi_seed(tmp_path / "out")
+    report = build_report(results, tmp_path / "std", figures=False)
+    table = report.table("table01_image_auroc")
+    assert table is not None
+    text = _md(tmp_path / "std" / "table01_image_auroc.md")
+    row = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in text.splitlines() if " | " in line}
+    synthetic = list(table.header).index("Synthetic") - 1
+    assert "≈" in row["ULSAD"][synthetic] and "≈" in row["PatchCore"][synthetic]
+    assert "≈" not in row["PaDiM"][synthetic] and "±" in row["ULSAD"][synthetic]
+    assert any("Wilcoxon signed-rank" in n and "Holm" in n for n in table.notes)
+    assert any(n.startswith("No significance test on MVTec") for n in table.notes)  # two categories only
+    assert report.table("tests_synthetic_image_auroc") is not None and report.table("ranks_image_auroc") is not None
+
+    ci = build_report(results, tmp_path / "ci", figures=False, spread="ci").table("table01_image_auroc")
+    assert ci is not None and any("[low, high]: 95% intervals" in n for n in ci.notes)
+    ok = report.results.ok
+    ulsad = ok[(ok["model"] == "ulsad") & (ok["dataset"] == "synthetic")]
+    seeds = {c: list(g.sort_values("seed")["image_auroc"]) for c, g in ulsad.groupby("category")}
+    expected = bootstrap_interval(seeds)
+    value = next(r for r in ci.rows if r[0] == "ULSAD")[list(ci.header).index("Synthetic")][0]
+    assert expected is not None and value.interval == (expected.low, expected.high)
+    texture = build_report(results, tmp_path / "ci", figures=False, spread="ci").table("extended_synthetic_image_auroc")
+    values = list(ulsad[ulsad["category"] == "texture"].sort_values("seed")["image_auroc"])
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert texture is not None
+    cell = next(r for r in texture.rows if r[0] == "texture")[list(texture.header).index("ULSAD")][0]
+    assert cell.interval is not None and np.allclose(cell.interval, (low, high))
+
+
+def test_a_tiny_multi_seed_run_gets_every_statistics_table_and_the_cd_figure(tmp_path: Path) -> None:
+    """Two models, two categories, three seeds (--min-seeds 3): intervals, paired tests with Holm-corrected
+    p (which say that two categories cannot reach α), ranks and the critical-difference diagram."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    for model, base in (("ulsad", 0.9), ("padim", 0.8)):
+        for category in ("texture", "pinbox"):
+            for seed in range(3):
+                auroc = base + 0.01 * rng.standard_normal()
+                write_run(tmp_path / "out", model=model, dataset="synthetic", category=category, seed=seed,
+                          image_auroc=auroc, folder=f"synthetic/{category}/{model}/seed={seed}")  # fmt: skip
+    report = build_report(tmp_path / "out", tmp_path / "reports", min_seeds=3)
+    for key in ("ci_synthetic_image_auroc", "tests_synthetic_image_auroc", "ranks_image_auroc"):
+        assert report.table(key) is not None and (tmp_path / "reports" / f"{key}.md").is_file()
+    assert (tmp_path / "reports" / "figures" / "cd_synthetic_image_auroc.png").stat().st_size > 1000
+    tests = report.table("tests_synthetic_image_auroc")
+    assert tests is not None
+    row = next(r for r in tests.rows if r[0] == "ULSAD vs PaDiM")
+    ok = report.results.ok
+    means = ok.pivot_table(index="category", columns="model", values="image_auroc", aggfunc="mean")
+    p = stats.wilcoxon(means["ulsad"] - means["padim"], zero_method="zsplit", method="exact").pvalue
+    assert row[4].startswith(f"{p:.4f} (too few categories") and row[5] == f"{p:.4f}" and row[6] == "no"
+    assert build_report(tmp_path / "out", tmp_path / "strict").table("tests_synthetic_image_auroc").rows == []

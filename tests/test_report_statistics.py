@@ -238,14 +238,18 @@ def test_zero_differences_split_their_ranks_as_demsar_s_table_2() -> None:
     assert comparison.median_difference == pytest.approx(np.median(c45_m - c45))
 
 
-def test_too_few_categories_give_no_p_value(ctx: Context) -> None:
+def test_too_few_categories_give_a_p_value_that_says_it_cannot_be_significant(ctx: Context) -> None:
     assert wilcoxon_min_pairs(0.05) == 6  # 2 / 2^5 = 0.0625, 2 / 2^6 = 0.031
-    assert wilcoxon_p([1.0] * 5, [0.0] * 5) is None
+    assert wilcoxon_p([1.0] * 5, [0.0] * 5) == pytest.approx(2 / 2**5)  # the smallest p of 5 pairs: above 0.05
     assert wilcoxon_p([1.0] * 6, [0.0] * 6) == pytest.approx(2 / 2**6)
+    assert wilcoxon_p([1.0] * 3, [1.0] * 3) == 1.0
     table = paired_table(ctx, "mvtec_loco", "image_auroc")
     assert table is not None
     row = _row(table, "ULSAD vs PaDiM")
-    assert row[1] == "2" and row[4].startswith(NOT_ENOUGH) and row[5:] == ["—"] * 5
+    means = _means(ctx, "mvtec_loco", "image_auroc", ["ulsad", "padim"])
+    p = stats.wilcoxon(means["ulsad"] - means["padim"], zero_method="zsplit", method="exact").pvalue
+    assert row[1] == "2" and row[4] == f"{p:.4f} ({NOT_ENOUGH} (the Wilcoxon test needs 6))"
+    assert row[6] == "no" and row[7:] == ["—"] * 3  # never significant; no Bayesian test from 2 categories
 
 
 def test_bayesian_probabilities_are_baycomps(ctx: Context) -> None:
@@ -355,7 +359,7 @@ def test_rank_table_matches_scipy_and_scikit_posthocs(ctx: Context) -> None:
     assert _row(table, "Friedman χ² (p)")[3].startswith(f"{result.statistic:.2f} (p ")
     assert _row(table, "N (categories)")[1:] == ["2", "8", "10"]
     assert _row(table, "Nemenyi CD (α = 0.05)")[3] == f"{2.343 * np.sqrt(3 * 4 / 60):.2f}"
-    assert _row(table, "Friedman χ² (p)")[1].startswith(NOT_ENOUGH)  # LOCO: 2 categories, 3 methods need 3
+    assert f"; {NOT_ENOUGH} (N = 2; needs 3)" in _row(table, "Friedman χ² (p)")[1]  # LOCO: 3 methods need 3
     assert friedman_min_blocks(3) == 3
     assert _row(table, "ULSAD")[2][0].rank == 1  # bold: the best average rank
 
@@ -364,6 +368,7 @@ def test_two_methods_get_ranks_but_no_friedman_test() -> None:
     ranking = rank_methods(pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [0.0, 3.0, 1.0]}))
     assert ranking.average_ranks.to_dict() == {"a": pytest.approx(4 / 3), "b": pytest.approx(5 / 3)}
     assert ranking.chi2 is None and "three methods" in ranking.reason
+    assert ranking.cd == pytest.approx(1.960 * np.sqrt(2 * 3 / 18), abs=1e-3) and ranking.nemenyi is not None
 
 
 # --- exclusions and the best -------------------------------------------------------------------
@@ -431,16 +436,14 @@ def test_tables_keys_titles_and_both_renderers(ctx: Context) -> None:
     )
 
 
-def test_figures_are_written_and_too_small_rankings_skipped(ctx: Context, tmp_path: Path) -> None:
+def test_figures_are_written_and_too_small_rankings_say_so(ctx: Context, tmp_path: Path) -> None:
     written = dict(statistics_figures(ctx, tmp_path))
     for stem in ("cd_image_auroc", "cd_synthetic_image_auroc", "spread_synthetic", "spread_mvtec_loco"):
         assert stem in written
         for ext in (".png", ".pdf"):
             assert (tmp_path / f"{stem}{ext}").stat().st_size > 1000
-    assert "cd_mvtec_loco_image_auroc" not in written
-    assert not (tmp_path / "cd_mvtec_loco_image_auroc.png").exists()
+    assert NOT_ENOUGH in written["cd_mvtec_loco_image_auroc"]  # drawn, its ranks descriptive, and it says so
+    assert NOT_ENOUGH not in written["cd_synthetic_image_auroc"]
     table = rank_table(ctx, "image_auroc")
     assert table is not None
-    assert any(
-        n.startswith("No critical-difference diagram for MVTec-LOCO: not enough categories") for n in table.notes
-    )
+    assert any(n.startswith(f"MVTec-LOCO: {NOT_ENOUGH}") and "descriptive" in n for n in table.notes)

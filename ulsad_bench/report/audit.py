@@ -13,9 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from .aggregate import FULL_SEEDS, category_stat, dataset_stat
+from .aggregate import FULL_SEEDS, category_stat, dataset_stat, per_seed
 from .load import EFFICIENCY_COLUMNS, KIND_COLUMNS, Results
-from .table import CPU_MARK, PARTIAL_MARK, SEED_MARK, SETTING_MARK, Table, Value, value_of
+from .statistics import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, LEVEL, bootstrap_interval, t_interval
+from .table import CPU_MARK, PARTIAL_MARK, SEED_MARK, SETTING_MARK, TIE_MARK, Table, Value, value_of
 
 RANDOM_WARNING = "RANDOM-INIT BACKBONE: not comparable to the paper"
 TEST_VAL_WARNING = "VALIDATION ON TEST IMAGES: calibration/stopping saw the test set"
@@ -39,6 +40,20 @@ RANK_NOTE = (
     "the next distinct value is second."
 )
 LIST_LIMIT = 40
+#: ``--spread``: ``std`` (mean ± sample std over seeds, the paper's style) or ``ci`` (95% intervals)
+SPREADS = ("std", "ci")
+CI_NOTE = (
+    f"[low, high]: {LEVEL:.0%} intervals (--spread ci) instead of ± std: per category the Student-t interval of "
+    "the mean over seeds; for a dataset mean a two-level percentile bootstrap (categories drawn with replacement, "
+    f"then each drawn category's seeds; {BOOTSTRAP_RESAMPLES} resamples, numpy generator seed {BOOTSTRAP_SEED}), "
+    "which counts the spread between categories as well as between seeds."
+)
+TIE_NOTE = (
+    f"{TIE_MARK}: not significantly different from the best method on that dataset (the best included): "
+    f"Wilcoxon signed-rank test over the categories' seed means, Holm-corrected over the comparisons with the best, "
+    f"α = {ALPHA:g}; methods with fewer than {FULL_SEEDS} seeds or missing categories, and runs of the authors' "
+    "protocol, are not tested (statistics tables: tests_<dataset>_<metric>)."
+)
 
 
 def _short_list(items: Sequence[str]) -> str:
@@ -50,8 +65,13 @@ def _short_list(items: Sequence[str]) -> str:
 class Audit:
     """Measures a table's cells and collects its warnings and notes."""
 
-    def __init__(self, results: Results) -> None:
+    def __init__(self, results: Results, spread: str = "std") -> None:
+        if spread not in SPREADS:
+            raise ValueError(f"--spread {spread!r}: expected one of {', '.join(SPREADS)}")
         self.results = results
+        self.spread = spread
+        self.tie_marked = False
+        self.untested: dict[str, str] = {}
         self.random: dict[str, None] = {}
         self.val_test: dict[str, str] = {}
         self.protocols: dict[str, None] = {}
@@ -88,6 +108,8 @@ class Audit:
             self.missing.setdefault(self.reason(scope, column, frame), []).append(where)
             return Value(None)
         value = value_of(stat, decimals)
+        if self.spread == "ci":
+            value.interval = _interval(frame, column, expected)
         if "protocol" in frame and (frame["protocol"] != "clean").any():
             value.marks.append(TEST_SELECTED_MARK)  # never ranked against clean numbers
             value.ranked = False
@@ -106,6 +128,16 @@ class Audit:
             value.marks.append(CPU_MARK)
             self.cpu_memory = True
         return value
+
+    def mark_tie(self, value: Value, tied: frozenset[Any] | None, method: Any, dataset: str) -> None:
+        """Mark ``value`` (``method``'s on ``dataset``) :data:`TIE_MARK` when it is in the group of
+        methods not significantly different from the best (``tied``, more than the best alone);
+        ``tied`` None: no test was possible there, which the notes say."""
+        if tied is None:
+            self.untested[dataset] = dataset
+        elif len(tied) > 1 and method in tied and value.mean is not None:
+            value.marks.append(TIE_MARK)
+            self.tie_marked = True
 
     def observe(self, frame: pd.DataFrame, where: str, scope: dict[str, Any]) -> None:
         """Note the weights, validation source, failures and conflicts behind a cell."""
@@ -200,8 +232,17 @@ class Audit:
     def _notes(self, per: str | None, direction: str) -> list[str]:
         """The table's notes, from what was collected."""
         notes = list(CONVENTIONS)
+        if self.spread == "ci":
+            notes.append(CI_NOTE)
         if per:
             notes.append(RANK_NOTE.format(per=per, direction=direction))
+        if self.tie_marked:
+            notes.append(TIE_NOTE)
+        if self.untested:
+            notes.append(
+                f"No significance test on {', '.join(self.untested)} (too few categories or tested methods, see "
+                "the statistics tables): best and second best there are the printed values only, not evidence."
+            )
         if self.few_seeds:
             notes.append(f"{SEED_MARK}n: mean over n < {FULL_SEEDS} seeds (the paper: 5 seeds).")
         if self.partial:
@@ -264,3 +305,19 @@ class Audit:
                 f"ran; the records are listed in the index): {_short_list(list(self.dirty))}."
             )
         return notes
+
+
+def _interval(frame: pd.DataFrame, column: str, expected: Sequence[str] | None) -> tuple[float, float] | None:
+    """The ``--spread ci`` interval of a cell: Student-t over seeds (one category, ``expected`` None)
+    or the two-level bootstrap over categories and seeds (a dataset mean); None without one."""
+    seeds: dict[str, list[float]] = {}
+    for _, categories in sorted(per_seed(frame, column).items()):
+        for category, value in categories.items():
+            seeds.setdefault(category, []).append(value)
+    if expected is None:
+        found = t_interval([v for values in seeds.values() for v in values])
+    else:
+        found = bootstrap_interval(seeds) if seeds else None
+    if found is None or found.low is None or found.high is None:
+        return None
+    return (found.low, found.high)

@@ -19,10 +19,14 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .aggregate import FULL_SEEDS
+from .audit import SPREADS
 from .figures import all_figures
 from .load import Results, load_results
 from .render_latex import render_latex
 from .render_markdown import render_markdown
+from .stat_figures import statistics_figures
+from .stat_tables import statistics_tables, tied_with_best_methods
 from .studies import ablation_study, backbone_study, quantile_study
 from .table import Table
 from .tables import Context, all_tables
@@ -63,11 +67,12 @@ class Report:
     out: Path
     results: Results
     tables: list[Table] = field(default_factory=list)
+    statistics: list[Table] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
     def table(self, key: str) -> Table | None:
-        return next((t for t in self.tables if t.key == key), None)
+        return next((t for t in (*self.tables, *self.statistics) if t.key == key), None)
 
 
 #: statuses in ``Results.failed`` of files that have no row in ``Results.records``
@@ -123,11 +128,20 @@ def _index(report: Report, paper: bool) -> str:
         "`\\usepackage{booktabs}` (its rules); with `graphicx` loaded, tables wider than the text are shrunk to fit.",
         "",
     ]
-    for table in report.tables:
-        flags = f" — **{'; '.join(table.warnings)}**" if table.warnings else ""
-        lines.append(f"- [{table.title}]({table.key}.md) ([LaTeX]({table.key}.tex)){flags}")
-    if not report.tables:
-        lines.append("- none: no ok records")
+    lines += _table_lines(report.tables) or ["- none: no ok records"]
+    lines += [
+        "",
+        "## Statistics",
+        "",
+        "Are the differences more than seed noise? Per dataset and metric: 95% intervals (`ci_*`), paired tests of "
+        "ULSAD against each method over the categories (`tests_*`: Wilcoxon signed-rank, Holm-corrected, wins / ties / "
+        "losses, Bayesian signed-rank with a 1-point region of practical equivalence) and per metric the average ranks "
+        "with the Friedman test and the Nemenyi critical difference (`ranks_*`, and the `cd_*` figures). Methods with "
+        "fewer than five seeds, a missing category or the authors' protocol are left out of the tests (each table says "
+        "which). In the main tables, ≈ marks the methods not significantly different from the best.",
+        "",
+    ]
+    lines += _table_lines(report.statistics) or ["- none: no ok records"]
     lines += ["", "## Figures", ""]
     lines += [f"- [{stem}](figures/{stem}.png) ([PDF](figures/{stem}.pdf)): {what}" for stem, what in report.figures]
     if not report.figures:
@@ -147,6 +161,14 @@ def _index(report: Report, paper: bool) -> str:
         lines += ["", "## Ok records in no table or figure", ""]
         lines += [f"- {line}" for line in unused]
     return "\n".join(lines) + "\n"
+
+
+def _table_lines(tables: list[Table]) -> list[str]:
+    lines = []
+    for table in tables:
+        flags = f" — **{'; '.join(table.warnings)}**" if table.warnings else ""
+        lines.append(f"- [{table.title}]({table.key}.md) ([LaTeX]({table.key}.tex)){flags}")
+    return lines
 
 
 def _unused(results: Results) -> list[str]:
@@ -182,25 +204,33 @@ def build_report(
     paper: bool = False,
     figures: bool = True,
     per_defect: int = 1,
+    spread: str = "std",
+    all_pairs: bool = False,
+    min_seeds: int = FULL_SEEDS,
 ) -> Report:
     """Read the records under ``results_dir`` and write tables, figures and the index to ``out``
-    (default :func:`default_out`)."""
+    (default :func:`default_out`). ``spread``: ``std`` (mean ± std) or ``ci`` (95% intervals) in every
+    table; ``all_pairs``: the paired tests of every pair of methods, not only ULSAD against each;
+    ``min_seeds``: the fewest seeds per category a method needs to enter the tests and ranks."""
     out = Path(out) if out is not None else default_out(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     _clean(out)
     results = load_results(results_dir)
-    ctx = Context(results)
+    ctx = Context(results, spread=spread, min_seeds=min_seeds)
+    ctx.tied = tied_with_best_methods(ctx)  # the main tables mark the methods statistically tied with the best
     report = Report(out=out, results=results)
     report.tables = all_tables(ctx)
     if paper:
         report.tables += all_tables(ctx, compare=True)
-    for table in report.tables:
+    report.statistics = statistics_tables(ctx, all_pairs=all_pairs)
+    for table in (*report.tables, *report.statistics):
         for suffix, text in ((".md", render_markdown(table)), (".tex", render_latex(table))):
             path = out / f"{table.key}{suffix}"
             path.write_text(text, encoding="utf-8")
             report.files.append(path)
     if figures and not results.ok.empty:
         report.figures = all_figures(ctx, out / "figures", per_defect=per_defect, paper=paper)
+        report.figures += statistics_figures(ctx, out / "figures")
         report.files += [out / "figures" / f"{stem}{ext}" for stem, _ in report.figures for ext in (".png", ".pdf")]
     if not results.records.empty:
         columns = [c for c in RECORD_COLUMNS if c in results.records.columns]
@@ -237,8 +267,8 @@ def summary(report: Report, paper: bool = False) -> str:
             + "".join(f"- {line}\n" for line in report.results.dirty)
         )
     parts.append(
-        f"Wrote {len(report.tables)} tables (.md and .tex) and {len(report.figures)} figures (.png and .pdf) to "
-        f"{report.out}/ (index: {report.out / 'README.md'})."
+        f"Wrote {len(report.tables)} tables and {len(report.statistics)} statistics tables (.md and .tex) and "
+        f"{len(report.figures)} figures (.png and .pdf) to {report.out}/ (index: {report.out / 'README.md'})."
     )
     return "\n".join(parts)
 
@@ -251,11 +281,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", action="store_true", help="also write the paper's numbers and the differences")
     parser.add_argument("--no-figures", action="store_true", help="tables only")
     parser.add_argument("--per-defect", type=int, default=1, help="test images per defect type in Figures 6 and 9")
+    parser.add_argument(
+        "--spread", choices=SPREADS, default="std", help="mean ± std over seeds (the paper's style) or 95%% intervals"
+    )
+    parser.add_argument("--all-pairs", action="store_true", help="paired tests of every pair of methods")
+    parser.add_argument(
+        "--min-seeds",
+        type=int,
+        default=FULL_SEEDS,
+        help=f"fewest seeds per category for a method to enter the tests and ranks (default {FULL_SEEDS}, the paper's)",
+    )
     args = parser.parse_args(argv)
     if not args.results.is_dir():
         parser.error(f"{args.results} is not a folder")
     report = build_report(
-        args.results, args.out, paper=args.paper, figures=not args.no_figures, per_defect=args.per_defect
+        args.results,
+        args.out,
+        paper=args.paper,
+        figures=not args.no_figures,
+        per_defect=args.per_defect,
+        spread=args.spread,
+        all_pairs=args.all_pairs,
+        min_seeds=args.min_seeds,
     )
     print(summary(report, paper=args.paper))
     return 0

@@ -42,6 +42,7 @@ UNICODE = {
     "‡": r"$\ddagger$",
     "§": r"\S{}",
     "¶": r"\P{}",
+    "≈": r"$\approx$",
     "—": "---",
     "–": "--",
     "↑": r"$\uparrow$",
@@ -82,7 +83,7 @@ def text(label: Text) -> str:
 def value(v: Value) -> str:
     if v.mean is None:
         return DASH
-    body = v.number() + (rf" $\pm$ {v.spread()}" if v.spread() else "")
+    body = v.number() + v.after_number(r"$\pm$")
     if v.rank == 1:
         body = rf"\textbf{{{body}}}"
     elif v.rank == 2:

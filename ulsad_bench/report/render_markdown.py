@@ -33,7 +33,7 @@ def label(text: Text) -> str:
 def value(v: Value) -> str:
     if v.mean is None:
         return DASH
-    text = v.number() + (f" ± {v.spread()}" if v.spread() else "")
+    text = v.number() + v.after_number("±")
     if v.rank == 1:
         text = f"**{text}**"
     elif v.rank == 2:

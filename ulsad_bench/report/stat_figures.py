@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from .naming import METRIC_LABEL, METRICS, dataset_label
 from .stat_tables import (
     ALL_DATASETS,
+    DASH,
     METRIC_ORDER,
     Evidence,
     diagram_reason,
@@ -51,11 +52,19 @@ def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
 
 def cd_title(ranking: Ranking, metric: str, where: str) -> str:
     """The diagram's title: what, where, the test, α, N, k, the CD and the Friedman p."""
-    verdict = "" if ranking.p is None or ranking.p <= ALPHA else "; the Friedman test does not reject"
+    if ranking.p is None:
+        friedman = "no Friedman test (two methods)"
+    else:
+        verdict = "" if ranking.p <= ALPHA else "; the Friedman test does not reject"
+        friedman = f"Friedman p = {ranking.p:.3g}{verdict}"
+    caveat = ""
+    if ranking.caveat:
+        caveat = f"\n{ranking.caveat[:1].upper()}{ranking.caveat[1:]}: ranks are descriptive, no difference significant"
+    cd = DASH if ranking.cd is None else f"{ranking.cd:.2f}"
     return (
         f"Critical difference diagram: average ranks by {metric_name(metric)} (1 = best), {where}\n"
-        f"Nemenyi test, α = {ALPHA:g}, N = {ranking.n} categories, k = {ranking.k} methods, CD = {ranking.cd:.2f}; "
-        f"Friedman p = {ranking.p:.3g}{verdict}"
+        f"Nemenyi test, α = {ALPHA:g}, N = {ranking.n} categories, k = {ranking.k} methods, CD = {cd}; "
+        f"{friedman}{caveat}"
     )
 
 
@@ -148,7 +157,8 @@ def _cd_figures(ctx: Context, out: Path) -> list[tuple[str, str]]:
                 continue
             save(cd_figure(ranking, cd_title(ranking, metric, where)), out, stem)
             what = f"critical-difference diagram of the average ranks by {metric_name(metric)}, {where}"
-            written.append((stem, f"{what} (Nemenyi, α = {ALPHA:g}, CD = {ranking.cd:.2f})"))
+            caveat = f"; {ranking.caveat}" if ranking.caveat else ""
+            written.append((stem, f"{what} (Nemenyi, α = {ALPHA:g}, CD = {ranking.cd:.2f}{caveat})"))
     return written
 
 

@@ -35,6 +35,7 @@ from .statistics import (
     BOOTSTRAP_SEED,
     EXACT_UP_TO,
     LEVEL,
+    NOT_ENOUGH,
     PERMUTATION_SEED,
     PERMUTATIONS,
     PRINT_DECIMALS,
@@ -116,7 +117,7 @@ def evidence(ctx: Context, dataset: str, metric: str) -> Evidence:
     categories = [c for c in ctx.expected(dataset) if c in present]
     categories += sorted(present - set(categories))
     usable = usable_means(
-        {m.label: s for m, s in seeds.items()}, categories, {m.label: m.protocol for m in seeds}, FULL_SEEDS
+        {m.label: s for m, s in seeds.items()}, categories, {m.label: m.protocol for m in seeds}, ctx.min_seeds
     )
     no_value = [c for c in ctx.expected(dataset) if c not in present]
     return Evidence(dataset, metric, categories, list(seeds), seeds, usable, no_value)
@@ -191,8 +192,8 @@ INTERVAL_NOTES = [
     "seeds of the main tables.",
     f"{SEED_MARK}n: n seeds (the paper ran {FULL_SEEDS}; in the Mean row, the fewest of any category); "
     f"{PARTIAL_MARK}: mean over the categories the method has only. Methods of the authors' protocol are shown "
-    "for reference; they, and every method with a marked cell, are left out of the dataset's paired tests and "
-    "ranks.",
+    "for reference; they, every method with a category missing and every method with fewer seeds than the "
+    f"report admits (--min-seeds, default {FULL_SEEDS}) are left out of the dataset's paired tests and ranks.",
 ]
 
 
@@ -219,7 +220,7 @@ def interval_table(ctx: Context, dataset: str, metric: str) -> Table | None:
 
 def comparison_row(c: Comparison) -> list[Cell]:
     """A paired-test table's row: labels and numbers as text (p-values need their own format)."""
-    p = _p(c.p) if c.p is not None else c.reason
+    p = DASH if c.p is None else _p(c.p) + (f" ({c.reason})" if c.reason else "")
     holm = _p(c.p_holm) if c.p_holm is not None else DASH
     significant = DASH if c.significant is None else ("yes" if c.significant else "no")
     bayes = [_number(x) for x in c.bayes] if c.bayes else [DASH] * 3
@@ -254,8 +255,8 @@ def paired_notes() -> list[str]:
         f"{PERMUTATION_SEED}). "
         "Holm's step-down correction over the comparisons of this table (statsmodels multipletests, "
         f"method='holm'); significant: Holm-adjusted p ≤ {ALPHA:g}.",
-        f"'not enough categories': with fewer than {wilcoxon_min_pairs()} categories no exact two-sided Wilcoxon "
-        f"p can be below {ALPHA:g} (its smallest value is 2 / 2^n), so none is reported.",
+        f"'{NOT_ENOUGH}': with fewer than {wilcoxon_min_pairs()} categories no exact two-sided Wilcoxon p can be "
+        f"below {ALPHA:g} (its smallest value is 2 / 2^n): the p is given, but no difference can be significant.",
         f"Bayesian signed-rank test (Benavoli et al. 2014; baycomp.SignedRankTest, prior 0.5, {BAYES_SAMPLES:,} "
         f"posterior samples, random_state {BAYES_SEED}) with a region of practical equivalence of ± {ROPE:g} point: "
         "the posterior probability that A is better by more than the ROPE, that the two are equivalent, that B is "
@@ -277,7 +278,7 @@ def paired_table(ctx: Context, dataset: str, metric: str, all_pairs: bool = Fals
     if not all_pairs and not references:
         notes.append("ULSAD is not among the methods tested here, so every pair is compared.")
     if not comparisons:
-        notes.append(f"No comparison: fewer than two methods have {FULL_SEEDS} seeds in every category.")
+        notes.append(f"No comparison: fewer than two methods have {ctx.min_seeds} seeds in every category.")
     return Table(
         key=f"tests_{dataset}_{metric}",
         title=f"Paired tests on {name} (%) over the categories of {dataset_label(dataset)}: {what}",
@@ -298,10 +299,13 @@ def rankings(ctx: Context, metric: str) -> tuple[dict[str, Ranking], Ranking | N
 
 
 def diagram_reason(ranking: Ranking | None) -> str:
-    """Why no critical-difference diagram is drawn for ``ranking`` ("" when one is)."""
+    """Why no critical-difference diagram is drawn for ``ranking`` ("" when one is: the Nemenyi test
+    and the CD exist, also where the Friedman test is missing or cannot reject, which the diagram says)."""
     if ranking is None:
         return "no dataset has two methods usable for ranks"
-    return ranking.reason or ("" if ranking.nemenyi is not None else "no Nemenyi test")
+    if ranking.nemenyi is None or ranking.cd is None:
+        return ranking.reason or "no Nemenyi test"
+    return ""
 
 
 STAT_ROWS = ["N (categories)", "k (methods)", "Friedman χ² (p)", "Iman–Davenport F (p)", f"Nemenyi CD (α = {ALPHA:g})"]
@@ -311,9 +315,11 @@ def _stat_cells(r: Ranking | None) -> list[str]:
     """One column's N, k, Friedman, Iman-Davenport and CD (the reason when the tests were not run)."""
     if r is None:
         return [DASH] * len(STAT_ROWS)
-    if r.chi2 is None or r.p is None or r.f is None or r.p_f is None or r.cd is None:
-        return [str(r.n), str(r.k), r.reason or DASH, DASH, DASH]
-    return [str(r.n), str(r.k), f"{r.chi2:.2f} (p {_p(r.p)})", f"{r.f:.2f} (p {_p(r.p_f)})", f"{r.cd:.2f}"]
+    friedman = f"{r.chi2:.2f} (p {_p(r.p)})" if r.chi2 is not None and r.p is not None else (r.reason or DASH)
+    if r.caveat:
+        friedman += f"; {r.caveat}"
+    iman = f"{r.f:.2f} (p {_p(r.p_f)})" if r.f is not None and r.p_f is not None else DASH
+    return [str(r.n), str(r.k), friedman, iman, DASH if r.cd is None else f"{r.cd:.2f}"]
 
 
 def _stat_rows(columns: list[Ranking | None]) -> list[list[Cell]]:
@@ -322,7 +328,7 @@ def _stat_rows(columns: list[Ranking | None]) -> list[list[Cell]]:
     return [[name, *(c[i] for c in cells)] for i, name in enumerate(STAT_ROWS)]
 
 
-def rank_notes(metric: str) -> list[str]:
+def rank_notes(metric: str, min_seeds: int = FULL_SEEDS) -> list[str]:
     """How the rank tables' ranks and tests were computed."""
     return [
         f"Rank 1 = best: in each category the methods are ranked by their mean {metric_name(metric)} over seeds "
@@ -335,7 +341,7 @@ def rank_notes(metric: str) -> list[str]:
         f"α = {ALPHA:g} when their average ranks differ by more than CD = q_α √(k (k + 1) / (6 N)), q_α the "
         "studentized range quantile (1 − α, k, ∞) over √2 (Demšar 2006, Table 5(a)); read it only where the "
         "Friedman test rejects.",
-        f"A method enters the ranks of a dataset only with the clean protocol and {FULL_SEEDS} seeds in every "
+        f"A method enters the ranks of a dataset only with the clean protocol and {min_seeds} seeds in every "
         "category; '—': left out (see below).",
     ]
 
@@ -353,7 +359,7 @@ def rank_table(ctx: Context, metric: str) -> Table | None:
         mark_best([values[label][i] for label in labels], higher_is_better=False)
     rows: list[list[Cell]] = [[label, *([v] for v in values[label])] for label in labels]
     name = metric_name(metric)
-    notes = rank_notes(metric)
+    notes = rank_notes(metric, ctx.min_seeds)
     for ev in found:
         notes += _excluded_note(ev, f" on {dataset_label(ev.dataset)}")
     if pooled_excluded:
@@ -362,6 +368,10 @@ def rank_table(ctx: Context, metric: str) -> Table | None:
         reason = diagram_reason(ranking)
         if reason:
             notes.append(f"No critical-difference diagram for {where}: {reason}.")
+        elif ranking is not None and ranking.caveat:
+            notes.append(
+                f"{where}: {ranking.caveat}: no difference of ranks can be significant; ranks are descriptive."
+            )
     return Table(
         key=f"ranks_{metric}",
         title=f"Average ranks by {name} over categories (1 = best), per dataset and over all datasets: Friedman "

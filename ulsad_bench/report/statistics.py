@@ -38,12 +38,15 @@ records. The choices, stated in every table's notes:
   (:func:`scikit_posthocs.posthoc_nemenyi_friedman`) and the critical difference
   ``CD = q_α · √(k (k + 1) / (6 N))`` with ``q_α`` the studentized range quantile over √2
   (:func:`scipy.stats.studentized_range`; Demšar 2006 Table 5(a)).
-- **Too few categories**: a test is not run (:data:`NOT_ENOUGH`) when no outcome could be
-  significant: the exact two-sided Wilcoxon p is at least ``2 / 2^n``, so it needs
-  ``n >= 6`` categories at α = 0.05 (:func:`wilcoxon_min_pairs`); the Friedman test needs three
-  methods and enough blocks that the most extreme ranking reaches α (:func:`friedman_min_blocks`);
-  the Bayesian test is not reported from fewer than :data:`BAYES_MIN_PAIRS` categories (a
-  choice: from fewer pairs its posterior is too wide to read).
+- **Too few categories**: the tests are run all the same, and their results say that no outcome
+  could have been significant (:data:`NOT_ENOUGH`, a caveat printed with the numbers): the exact
+  two-sided Wilcoxon p is at least ``2 / 2^n``, so it can reach α = 0.05 only from ``n >= 6``
+  categories (:func:`wilcoxon_min_pairs`); the Friedman test only from enough blocks that the most
+  extreme ranking reaches α (:func:`friedman_min_blocks`), and it needs three methods (with two,
+  the ranks, the Nemenyi test and the critical difference are still given). The main tables never
+  mark a tie with the best from such a test (:func:`tied_with_best`). The Bayesian test is not
+  reported from fewer than :data:`BAYES_MIN_PAIRS` categories (a choice: from fewer pairs its
+  posterior is too wide to read).
 - **Exclusions** (:func:`usable_means`): a method enters the tests and ranks of a dataset only
   when it ran the clean protocol and has at least :data:`~.aggregate.FULL_SEEDS` seeds in every
   category of the dataset; runs of the authors' protocol (selected on test images), cells with
@@ -83,7 +86,7 @@ ROPE = 1.0  # region of practical equivalence, in points (percent)
 BAYES_SAMPLES = 10_000  # posterior samples of the Bayesian signed-rank test (Monte Carlo error <= 0.005)
 BAYES_SEED = 0
 BAYES_MIN_PAIRS = 5
-NOT_ENOUGH = "not enough categories"
+NOT_ENOUGH = "too few categories to reach α"
 CLEAN = "clean"
 
 
@@ -112,11 +115,11 @@ class Comparison:
         n: categories paired.
         wins, ties, losses: categories where a is better, equal as printed, worse.
         median_difference: median over categories of a - b, in points.
-        p: two-sided Wilcoxon p-value (None: :attr:`reason`).
+        p: two-sided Wilcoxon p-value (None: no category).
         p_holm: Holm-adjusted p over the comparisons it was corrected with.
         significant: Holm-adjusted p at most :data:`ALPHA` (statsmodels' ``reject``).
         bayes: (P(a better), P(equivalent), P(b better)) with the ROPE, or None.
-        reason: why a test was not run ("" when it was).
+        reason: why the test cannot be significant with so few categories ("" when it can).
     """
 
     a: str
@@ -145,6 +148,7 @@ class Ranking:
         cd: Nemenyi critical difference at :data:`ALPHA`.
         nemenyi: Nemenyi p-values (methods x methods), None when not computed.
         reason: why the Friedman / Nemenyi analysis was not run ("" when it was).
+        caveat: why its result cannot be significant although it was run (too few blocks), "" otherwise.
     """
 
     average_ranks: pd.Series
@@ -157,6 +161,7 @@ class Ranking:
     cd: float | None = None
     nemenyi: pd.DataFrame | None = None
     reason: str = ""
+    caveat: str = ""
 
 
 @dataclass
@@ -234,14 +239,17 @@ def wilcoxon_min_pairs(alpha: float = ALPHA) -> int:
 
 def wilcoxon_p(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> float | None:
     """Two-sided Wilcoxon signed-rank p-value of the paired values ``a - b``
-    (:func:`scipy.stats.wilcoxon`, ``zero_method="zsplit"``); None with fewer than
-    :func:`wilcoxon_min_pairs` pairs. Without zero or tied differences, scipy's exact distribution;
+    (:func:`scipy.stats.wilcoxon`, ``zero_method="zsplit"``); None without pairs, 1 when every
+    difference is zero (below :func:`wilcoxon_min_pairs` pairs no p can reach ``alpha``: the caller
+    says so). Without zero or tied differences, scipy's exact distribution;
     with them, the distribution of every sign flip (:class:`scipy.stats.PermutationMethod`) up to
     :data:`EXACT_UP_TO` pairs, :data:`PERMUTATIONS` random sign flips beyond."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if d.size < wilcoxon_min_pairs(alpha):
+    if d.size == 0:
         return None
     nonzero = d[d != 0]
+    if nonzero.size == 0:  # identical in every category
+        return 1.0
     if nonzero.size and nonzero[0] < 0:  # the two-sided p of b - a is that of a - b: one cache entry, one p
         d = -d
     return _wilcoxon(tuple(float(x) for x in d))
@@ -296,7 +304,8 @@ def compare(
     x, y = means[a].to_numpy(dtype=np.float64), means[b].to_numpy(dtype=np.float64)
     wins, ties, losses = win_tie_loss(x, y)
     p = wilcoxon_p(x, y, alpha)
-    reason = "" if p is not None else f"{NOT_ENOUGH} (Wilcoxon needs {wilcoxon_min_pairs(alpha)})"
+    needed = wilcoxon_min_pairs(alpha)
+    reason = "" if x.size >= needed else f"{NOT_ENOUGH} (the Wilcoxon test needs {needed})"
     return Comparison(
         a,
         b,
@@ -396,11 +405,18 @@ def rank_methods(means: pd.DataFrame, alpha: float = ALPHA) -> Ranking:
     methods); the tests are left out (with a reason) when they cannot reach ``alpha``."""
     n, k = means.shape
     ranks = average_ranks(means) if n else pd.Series(dtype=np.float64)
-    if k < 3:
-        return Ranking(ranks, n, k, reason="the Friedman test needs at least three methods")
-    if n < friedman_min_blocks(k, alpha):
-        return Ranking(ranks, n, k, reason=f"{NOT_ENOUGH} (the Friedman test needs {friedman_min_blocks(k, alpha)})")
-    chi2, p = stats.friedmanchisquare(*means.to_numpy(dtype=np.float64).T)
+    if k < 2 or n < 2:
+        return Ranking(ranks, n, k, reason="ranks need two methods and two categories")
+    caveat = (
+        "" if n >= friedman_min_blocks(k, alpha) else f"{NOT_ENOUGH} (N = {n}; needs {friedman_min_blocks(k, alpha)})"
+    )
+    if k < 3:  # scipy's Friedman test needs three methods; the ranks, Nemenyi and the CD do not
+        reason = "the Friedman test needs at least three methods (two: see the paired tests)"
+        return Ranking(
+            ranks, n, k, cd=critical_difference(k, n, alpha), nemenyi=nemenyi(means), reason=reason, caveat=caveat
+        )
+    with np.errstate(invalid="ignore", divide="ignore"):  # every method tied in every block: NaN, handled below
+        chi2, p = stats.friedmanchisquare(*means.to_numpy(dtype=np.float64).T)
     if not np.isfinite(chi2):
         return Ranking(ranks, n, k, reason="every method ties in every category")
     f, p_f = iman_davenport(float(chi2), n, k)
@@ -414,6 +430,7 @@ def rank_methods(means: pd.DataFrame, alpha: float = ALPHA) -> Ranking:
         p_f=p_f,
         cd=critical_difference(k, n, alpha),
         nemenyi=nemenyi(means),
+        caveat=caveat,
     )
 
 

@@ -24,6 +24,7 @@ SEED_MARK = "†"
 PARTIAL_MARK = "‡"
 CPU_MARK = "§"
 SETTING_MARK = "¶"
+TIE_MARK = "≈"  # not significantly different from the best method (the best included)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Value:
         marks: superscript marks, e.g. ``"†3"`` (3 seeds) or ``"‡"`` (partial mean).
         signed: print a sign (differences to the paper).
         ranked: takes part in best / second best (a partial mean does not).
+        interval: ``(low, high)`` printed instead of ``± std`` (``--spread ci``), same unit.
     """
 
     mean: float | None
@@ -46,6 +48,7 @@ class Value:
     marks: list[str] = field(default_factory=list)
     signed: bool = False
     ranked: bool = True
+    interval: tuple[float, float] | None = None
 
     def number(self) -> str:
         if self.mean is None:
@@ -54,6 +57,16 @@ class Value:
 
     def spread(self) -> str:
         return "" if self.std is None or self.mean is None else f"{self.std:.{self.decimals}f}"
+
+    def after_number(self, pm: str) -> str:
+        """What follows the number: `` [low, high]`` when the value carries an interval, else
+        `` <pm> std`` (``pm``: the renderer's ±), "" without either."""
+        if self.mean is None:
+            return ""
+        if self.interval is not None:
+            low, high = self.interval
+            return f" [{low:.{self.decimals}f}, {high:.{self.decimals}f}]"
+        return f" {pm} {self.spread()}" if self.spread() else ""
 
 
 Cell = Text | list[Value]

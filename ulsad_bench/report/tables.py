@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from ..metrics import SPRO_LIMITS
+from .aggregate import FULL_SEEDS
 from .audit import Audit
 from .grid import Series, Slot, build_grid
 from .load import ULSAD_KEYS, Results
@@ -98,10 +99,29 @@ class Method:
 
 @dataclass
 class Context:
-    """Everything the builders read: the records, the paper's numbers, and derived views."""
+    """Everything the builders read: the records, the paper's numbers, and derived views.
+
+    Attributes:
+        spread: ``std`` (mean ± std, the paper's style) or ``ci`` (95% intervals) in every table.
+        tied: per (dataset, metric), the methods not significantly different from the best
+            (:func:`.stat_tables.tied_with_best_methods`, set by the report before the tables are
+            built), marked in the dataset means; None: no marks.
+        min_seeds: the fewest seeds per category a method needs to enter the statistics' tests and
+            ranks (default the paper's five; ``--min-seeds`` to test a smaller run, which its notes say).
+    """
 
     results: Results
     paper: Paper = field(default_factory=Paper)
+    spread: str = "std"
+    tied: dict[tuple[str, str], frozenset[Method] | None] | None = None
+    min_seeds: int = FULL_SEEDS
+
+    def mark_tie(self, audit: Audit, value: Value, method: Method, dataset: str, metric: str) -> Value:
+        """``value`` (``method``'s dataset mean of ``metric``) marked when it is statistically
+        tied with the best (:meth:`Audit.mark_tie`); unchanged without a test result."""
+        if self.tied is not None and (dataset, metric) in self.tied:
+            audit.mark_tie(value, self.tied[(dataset, metric)], method, dataset_label(dataset))
+        return value
 
     @cached_property
     def ok(self) -> pd.DataFrame:
@@ -224,7 +244,8 @@ def _main_series(
 def _dataset_mean(ctx: Context, audit: Audit, method: Method, dataset: str, metric: str, decimals: int = 2) -> Value:
     frame = ctx.frame_of(method, dataset)
     where = f"{method.label} / {dataset_label(dataset)}"
-    return audit.measure(frame, metric, where, {**method.scope, "dataset": dataset}, ctx.expected(dataset), decimals)
+    value = audit.measure(frame, metric, where, {**method.scope, "dataset": dataset}, ctx.expected(dataset), decimals)
+    return ctx.mark_tie(audit, value, method, dataset, metric)
 
 
 def _finish_main(
@@ -247,7 +268,7 @@ def _dataset_means_table(
     """Tables 1 and 2: the dataset means of ``metrics``, methods (rows) x datasets (columns)."""
     if not ctx.methods:
         return None
-    audit = Audit(ctx.results)
+    audit = Audit(ctx.results, ctx.spread)
     datasets = dataset_order(set(ctx.datasets()) | (set(PAPER_DATASETS) if compare else set()))
     slots = [Slot(d, dataset_label(d), metrics) for d in datasets]
     series = _main_series(
@@ -301,7 +322,7 @@ def table4(ctx: Context, dataset: str, compare: bool = False) -> Table | None:
     methods = ctx.methods_in(dataset)
     if not methods or (compare and dataset != "mvtec_loco"):
         return None
-    audit = Audit(ctx.results)
+    audit = Audit(ctx.results, ctx.spread)
     slots = [Slot(metric, label, (metric,)) for metric, label in TABLE4_ROWS]
     series = _main_series(
         methods,
@@ -354,7 +375,7 @@ def _methods_by_metrics(
     methods = ctx.methods_in(dataset)
     if not methods:
         return None
-    audit = Audit(ctx.results)
+    audit = Audit(ctx.results, ctx.spread)
     series = _main_series(
         methods,
         PAPER_METHODS,
@@ -426,14 +447,15 @@ def _per_category(
     methods = ctx.methods_in(dataset)
     if not methods:
         return None
-    audit = Audit(ctx.results)
+    audit = Audit(ctx.results, ctx.spread)
     slots = [Slot(c, c, (column,)) for c in categories] + [Slot("mean", "Mean", (column,), rule=True)]
 
     def measure(slot: Slot, m: Method) -> list[Value]:
         frame = ctx.frame_of(m, dataset)
         scope = {**m.scope, "dataset": dataset}
         if slot.key == "mean":
-            return [audit.measure(frame, column, f"{m.label} / Mean", scope, categories)]
+            value = audit.measure(frame, column, f"{m.label} / Mean", scope, categories)
+            return [ctx.mark_tie(audit, value, m, dataset, column)]
         frame = ctx.frame_of(m, dataset, slot.key)
         return [audit.measure(frame, column, f"{m.label} / {slot.key}", {**scope, "category": slot.key})]
 
@@ -534,7 +556,7 @@ def table3(ctx: Context, dataset: str, compare: bool = False) -> Table | None:
     study = ablation_study(ctx.ok, dataset)
     if study is None or (compare and dataset != "mvtec_loco"):
         return None
-    audit = Audit(ctx.results)
+    audit = Audit(ctx.results, ctx.spread)
     paper_rows = {setting: row for row, setting in ctx.paper.table3_rows()}
     expected = ctx.expected(dataset)
 
@@ -595,7 +617,7 @@ def table30(ctx: Context, dataset: str, compare: bool = False) -> Table | None:
     study = backbone_study(ctx.ok, dataset)
     if study is None or (compare and dataset != "mvtec_loco"):
         return None
-    audit = Audit(ctx.results)
+    audit = Audit(ctx.results, ctx.spread)
     categories = ctx.expected(dataset)
     slots = [Slot(c, c, METRICS) for c in categories] + [Slot("mean", "Mean", METRICS, rule=True)]
     arms = {arm.value: arm for arm in study.arms}
