@@ -162,6 +162,9 @@ def test_a_tiny_multi_seed_run_gets_every_statistics_table_and_the_cd_figure(tmp
     for key in ("ci_synthetic_image_auroc", "tests_synthetic_image_auroc", "ranks_image_auroc"):
         assert report.table(key) is not None and (tmp_path / "reports" / f"{key}.md").is_file()
     assert (tmp_path / "reports" / "figures" / "cd_synthetic_image_auroc.png").stat().st_size > 1000
+    index = _md(tmp_path / "reports" / "README.md")
+    assert "## Statistics" in index and "(ci_synthetic_image_auroc.md)" in index and "(tests_synthetic" in index
+    assert "(figures/cd_synthetic_image_auroc.png)" in index
     tests = report.table("tests_synthetic_image_auroc")
     assert tests is not None
     row = next(r for r in tests.rows if r[0] == "ULSAD vs PaDiM")
