@@ -22,6 +22,7 @@ from ulsad_bench.data.folder import read_category
 from ulsad_bench.data.images import load_image_set
 from ulsad_bench.data.sample import Sample
 from ulsad_bench.features import FeatureCache, cache_bytes, cache_entries, evict_lru, temporary_files
+from ulsad_bench.models.ulsad import Ulsad
 from ulsad_bench.spec import JobSpec
 
 SIZE = 16
@@ -164,16 +165,23 @@ def test_the_job_code_digest_follows_the_code_a_job_runs(tmp_path: Path, monkeyp
     shutil.copytree(code_version.ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(code_version, "ROOT", copy)
 
-    def digest() -> str:
+    def digest(model: type = Ulsad) -> str:
         code_version.source_digest.cache_clear()
-        return code_version.job_code_version("ulsad_bench.models.ulsad.model")
+        code_version.model_code_version.cache_clear()
+        return code_version.model_code_version(model)
 
-    before = digest()
+    before, own = digest(), digest(ResearchersUlsad)
     (copy / "report" / "build.py").write_text((copy / "report" / "build.py").read_text() + "\n# edited\n")
     assert digest() == before  # the report is not code a job runs
     (copy / "models" / "training.py").write_text((copy / "models" / "training.py").read_text() + "\n# edited\n")
     assert digest() != before
+    assert digest(ResearchersUlsad) != own  # a subclass outside the package: ULSAD's modules are its code too
     code_version.source_digest.cache_clear()
+    code_version.model_code_version.cache_clear()
+
+
+class ResearchersUlsad(Ulsad):
+    """A model defined outside the package, on top of ULSAD."""
 
 
 # ----------------------------------------------------------------------------- temporary files
@@ -205,6 +213,6 @@ def test_a_trained_ulsad_is_not_reused_after_its_code_changed(
     FeatureCache.clear_memory()
     runner.run(cfg, tmp_path / "a")
     assert runner.run(cfg, tmp_path / "b")["fit"]["reused_trained_model"] is True
-    real = runner.job_code_version
-    monkeypatch.setattr(runner, "job_code_version", lambda module: real(module) + "-edited")  # ULSAD's code edited
+    real = runner.model_code_version
+    monkeypatch.setattr(runner, "model_code_version", lambda cls: real(cls) + "-edited")  # ULSAD's code edited
     assert runner.run(cfg, tmp_path / "c")["fit"]["reused_trained_model"] is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def test_visas_split_csv_is_in_the_fingerprint(tmp_path: Path) -> None:
     cfg = _dataset("visa", tmp_path, "dataset.category=capsules")
     before = build_splits(cfg, tmp_path).fingerprint()
     assert before["splits"]["inputs"]["files"] == 1
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.copytree(tmp_path, moved, copy_function=shutil.copy2)  # the same files elsewhere (another mount)
+    assert build_splits(_dataset("visa", moved, "dataset.category=capsules"), moved).fingerprint() == before
     csv = tmp_path / "split_csv" / "1cls.csv"
     csv.write_text(csv.read_text() + "\n")
     assert build_splits(cfg, tmp_path).fingerprint()["sha256"] != before["sha256"]
@@ -191,3 +195,31 @@ def test_a_models_own_files_and_a_weights_file_are_in_the_fingerprint(tiny_cfg, 
     assert after is not None and after["splits"]["inputs"]["sha256"] != before["splits"]["inputs"]["sha256"]
     with_file = JobSpec.from_config(tiny_cfg("model=padim", f"backbone.weights={weights}"))
     assert with_file.input_files() == (weights.resolve(),)
+
+
+def test_a_record_of_an_earlier_schema_stays_a_result_listed_as_unsealed(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "out", **PADIM, seed=0, image_auroc=0.6)
+    legacy = json.loads((run / RECORD_NAME).read_text())
+    del legacy["record_digest"]
+    legacy["schema_version"] = 2
+    (run / RECORD_NAME).write_text(json.dumps(legacy))
+    assert inspect_record(run / RECORD_NAME).ok  # a re-run that fails keeps it (it is a good record)
+    report = build_report(tmp_path / "out", tmp_path / "reports", figures=False)
+    assert report.results.unsealed and "PaDiM" in _md_table(tmp_path)
+    assert "Records written before records were sealed" in (tmp_path / "reports" / "README.md").read_text()
+    legacy["model"] = "ulsad"  # an older record edited by hand: its identity still gives it away
+    (run / RECORD_NAME).write_text(json.dumps(legacy))
+    assert "identity disagrees" in str(inspect_record(run / RECORD_NAME).problem)
+
+
+def _md_table(tmp_path: Path) -> str:
+    return (tmp_path / "reports" / "table01_image_auroc.md").read_text()
+
+
+def test_listing_a_job_whose_model_files_are_missing_leaves_the_refusal_to_the_job(tiny_cfg) -> None:
+    from ulsad_bench.resume import list_splits
+    from ulsad_bench.spec import JobSpec
+
+    spec = JobSpec.from_config(tiny_cfg("model=efficientad", "model.teacher=pretrained"))  # no teacher file given
+    listing = list_splits(spec)
+    assert listing.fingerprint is not None and spec.input_files() == ()

@@ -13,7 +13,7 @@ from ulsad_bench.data.sample import Sample
 from ulsad_bench.report import build_report
 from ulsad_bench.report.build import main as report_main
 from ulsad_bench.report.figures import RunMaps, maps_figure, methods_figure
-from ulsad_bench.report.load import paper_model_settings
+from ulsad_bench.report.load import off_paper_settings, paper_model_settings
 
 SYNTHETIC = {"dataset": "synthetic", "category": "texture"}
 
@@ -61,6 +61,10 @@ def test_settings_other_than_the_papers_are_marked_where_the_number_is(tmp_path:
     padim = next(line for line in text.splitlines() if line.startswith("| PaDiM"))
     assert "¶" in ulsad and "¶" not in padim
     assert r"\P{}" in _md(tmp_path / "reports" / "table01_image_auroc.tex")
+    efficientad = paper_model_settings("efficientad")
+    assert efficientad is not None  # the paper's EfficientAD names its files: where they lie is no setting
+    paths = {"teacher_weights": "/models/t.pth", "penalty_dir": "/data/imagenette2", "penalty_workers": 8}
+    assert off_paper_settings("efficientad", {**efficientad, **paths}) == ""
 
 
 def _runs(tmp_path: Path) -> list[RunMaps]:
@@ -173,3 +177,19 @@ def test_a_tiny_multi_seed_run_gets_every_statistics_table_and_the_cd_figure(tmp
     p = stats.wilcoxon(means["ulsad"] - means["padim"], zero_method="zsplit", method="exact").pvalue
     assert row[4].startswith(f"{p:.4f} (too few categories") and row[5] == f"{p:.4f}" and row[6] == "no"
     assert build_report(tmp_path / "out", tmp_path / "strict").table("tests_synthetic_image_auroc").rows == []
+
+
+def test_no_tie_mark_when_the_bold_value_is_a_method_left_out_of_the_tests(tmp_path: Path) -> None:
+    from tests.test_report_statistics import CATEGORIES
+
+    for model, base, seeds in (("ulsad", 0.95, 5), ("padim", 0.949, 5), ("patchcore", 0.988, 3)):
+        for i, category in enumerate(CATEGORIES):
+            for seed in range(seeds):
+                auroc = base + 0.001 * ((i + seed) % 3)
+                write_run(tmp_path / "out", model=model, dataset="synthetic", category=category, seed=seed,
+                          image_auroc=auroc, folder=f"synthetic/{category}/{model}/seed={seed}")  # fmt: skip
+    table = build_report(tmp_path / "out", tmp_path / "reports", figures=False).table("table01_image_auroc")
+    assert table is not None
+    text = _md(tmp_path / "reports" / "table01_image_auroc.md")
+    assert "**98." in text and "≈" not in text  # PatchCore (3 seeds) is bold but untested: no claim of a tie
+    assert any(n.startswith("No significance test on Synthetic") for n in table.notes)

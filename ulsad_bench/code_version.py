@@ -6,11 +6,11 @@ module of this package it imports, directly or through others (the static import
 ``grimp``, the library behind the project's import contracts), so:
 
 - a trained model or frozen features (:class:`ulsad_bench.features.FeatureCache`) are keyed on
-  :func:`job_code_version`, the code of the job's stages (:mod:`ulsad_bench.runner` and what it
-  imports) and of its model's module: editing a model's training code, the backbone, the data
+  :func:`model_code_version`, the code of the job's stages (:mod:`ulsad_bench.runner` and what it
+  imports) and of its model's modules (its class hierarchy's): editing a model's training code, the backbone, the data
   loading or the training loop starts new entries; editing the report, the plan or the sweep does not;
 - decoded images (:mod:`ulsad_bench.data.decoded`) are keyed on the decoding code's digest;
-- a record's ``versions.code`` is :func:`job_code_version`, compared by strict resume.
+- a record's ``versions.code`` is :func:`model_code_version`, compared by strict resume.
 
 Digests are xxh3-128 (``xxhash``) over each module's name and source bytes, in name order; they
 are computed once per process (the sources are read at the first call).
@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent
 JOB_STAGES = "ulsad_bench.runner"
 #: the interface every model implements (a model defined outside the package imports at least this)
 BASE_MODULE = "ulsad_bench.models.base"
+#: modules in every model's class hierarchy that are no model code (their versions are recorded apart)
+NOT_CODE = ("builtins", "abc", "typing")
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,19 +70,28 @@ def source_digest(*modules: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _outside_source(module: str) -> bytes:
+    """The source of a module outside the package, or a marker when it has no file (a notebook's
+    ``__main__``): then only its name identifies it."""
+    try:
+        return Path(inspect.getfile(sys.modules.get(module) or importlib.import_module(module))).read_bytes()
+    except (TypeError, OSError, ImportError):
+        return f"<no source file for {module}>".encode()
+
+
 @functools.lru_cache(maxsize=16)
-def _outside_module_digest(model_module: str) -> str:
-    module = sys.modules.get(model_module) or importlib.import_module(model_module)
-    digest = xxhash.xxh3_128(source_digest(JOB_STAGES, BASE_MODULE).encode())
-    digest.update(Path(inspect.getfile(module)).read_bytes())
+def model_code_version(model_class: type) -> str:
+    """The digest of the code a job of ``model_class`` runs: the job's stages (:data:`JOB_STAGES`),
+    every module of the package that defines a class of its hierarchy (a researcher's subclass of
+    ``Ulsad`` brings ULSAD's modules), with what they import, and the source file of each module
+    outside the package that defines one (``docs/examples/knn_patch.py``, a researcher's own file)."""
+    modules = list(dict.fromkeys(c.__module__ for c in model_class.__mro__))
+    inside = [m for m in modules if m.startswith(f"{PACKAGE}.")]
+    outside = [m for m in modules if not m.startswith(f"{PACKAGE}.") and m not in NOT_CODE]
+    if not outside:
+        return source_digest(JOB_STAGES, *inside)
+    digest = xxhash.xxh3_128(source_digest(JOB_STAGES, BASE_MODULE, *inside).encode())
+    for module in outside:
+        digest.update(f"\n{module}\n".encode())
+        digest.update(_outside_source(module))
     return digest.hexdigest()[:16]
-
-
-def job_code_version(model_module: str) -> str:
-    """The digest of the code a job of the model defined in ``model_module`` runs: the job's
-    stages (:data:`JOB_STAGES`) and the model's module, with what they import. A model defined
-    outside the package (``docs/examples/knn_patch.py``, a researcher's own file): the job's stages,
-    the models' base module and that module's own file."""
-    if not model_module.startswith(f"{PACKAGE}."):
-        return _outside_module_digest(model_module)
-    return source_digest(JOB_STAGES, model_module)

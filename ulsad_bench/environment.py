@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import xxhash
 
-from .code_version import job_code_version
+from .code_version import model_code_version
 from .config import REPO
 
 
@@ -180,8 +180,8 @@ def git_commit() -> str | None:
 
 def versions(model_class: type | None = None) -> dict[str, str | None]:
     """The software a job runs with; ``code``: the digest of the code a job of ``model_class``
-    runs (:func:`ulsad_bench.code_version.job_code_version` of its module), when given."""
-    code = {"code": job_code_version(model_class.__module__)} if model_class is not None else {}
+    runs (:func:`ulsad_bench.code_version.model_code_version`), when given."""
+    code = {"code": model_code_version(model_class)} if model_class is not None else {}
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,

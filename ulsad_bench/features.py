@@ -3,7 +3,7 @@
 Frozen features depend only on the images, the backbone, its weights, the layers and the
 image size, never on the run seed. They are computed once per such key and reused across
 epochs, seeds and jobs. The key is a dict of those values plus the job's code version
-(:func:`ulsad_bench.code_version.job_code_version`, given to the cache by the job); its hash
+(:func:`ulsad_bench.code_version.model_code_version`, given to the cache by the job); its hash
 names the file ``<directory>/<hash>.pt``, written atomically (temporary file + rename), so
 parallel jobs never read a half-written file; ``<hash>.json`` beside it says what the entry is.
 
@@ -46,6 +46,7 @@ ENTRY_FORMAT = "ulsad-bench-entry/2"
 #: a temporary file (``.tmp-*``) untouched for this long was left by a killed job and is deleted
 ORPHAN_AGE_S = 3600.0
 TMP_PREFIX = ".tmp-"
+_MISSING = object()  # an entry that vanished or was discarded: computed again
 
 
 def _to_cpu(value: Any) -> Any:
@@ -108,6 +109,8 @@ def read_entry(path: Path) -> Any:
     unpickle under ``weights_only``, is not an entry of :data:`ENTRY_FORMAT` or fails its checksum."""
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:  # evicted by another job meanwhile: the caller's miss, not a corrupt entry
+        raise
     except Exception as err:  # truncated, bit-flipped or not a weights-only pickle: all mean "not ours"
         raise CorruptEntry(
             f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
@@ -131,7 +134,7 @@ class FeatureCache:
     """Get-or-compute for tensors keyed by a dict of what determines them.
 
     Args:
-        code_version: the code that computes the values (:func:`~ulsad_bench.code_version.job_code_version`),
+        code_version: the code that computes the values (:func:`~ulsad_bench.code_version.model_code_version`),
             part of every key: entries made by other code are never served.
 
     Attributes:
@@ -187,10 +190,13 @@ class FeatureCache:
         if path is not None and path.is_file():
             try:
                 value = read_entry(path)
+            except FileNotFoundError:
+                value = _MISSING
             except CorruptEntry as err:
                 discard_entry(path, str(err))
                 self.discarded.append(path.name)
-            else:
+                value = _MISSING
+            if value is not _MISSING:
                 self.hits += 1
                 _touch(path)
                 if keep_in_memory:

@@ -40,7 +40,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .categories import expand_all_categories
-from .code_version import job_code_version
+from .code_version import model_code_version
 from .config import REPO, compose_sweep_job, hydra_app, master_config
 from .data import Sample, Splits
 from .environment import describe_device, resolve_device, versions
@@ -209,7 +209,7 @@ def plan_job(
             job.splits = apply_to_splits(spec.protocol, listing.splits)[0]
         except ValueError:
             job.splits = listing.splits
-    code = job_code_version(spec.model_class.__module__)  # the job's record says versions(model class)
+    code = model_code_version(spec.model_class)  # as the job's record: versions(model class)
     decision = decide(spec, run_dir, {**versions_now, "code": code}, listing)
     job.done, job.reason = decision.skip, decision.why
     if not job.done and (run_dir / LOCK_NAME).exists():  # looked at, never taken: a running job keeps its lock

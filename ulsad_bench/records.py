@@ -17,8 +17,19 @@ Where a job's files go (``<run_dir>`` is ``outputs/<dataset>/<category>/<model>/
 
 Resume (``resume=strict``, the default) skips a job only when its ok record has the same config
 hash, the same data fingerprint (the files the job read: names, sizes, mtimes) and the same
-versions of the code that makes the numbers (:data:`RESULT_VERSIONS`); ``resume=config`` compares
-the config hash only; ``resume=false`` always runs. :func:`resume_check` says why a job runs again.
+versions of the code that makes the numbers (:data:`RESULT_VERSIONS`: the git commit with a digest
+of any uncommitted changes, and the digest of the job's code); ``resume=content`` also compares
+the digest of every file's bytes; ``resume=config`` compares the config hash only;
+``resume=false`` always runs. :func:`resume_check` says why a job runs again.
+
+A record is sealed when written: ``record_digest`` is a SHA-256 of the rest of its content
+(:func:`record_digest`). A record whose digest does not match (edited by hand after it was
+written) or is missing from a record of this schema, whose identity fields (model, variant,
+dataset, category, seed) disagree with its own stored config, or whose stored config does not
+hash to its ``config_hash`` is malformed: it is listed as such and never counts as a result
+(:func:`integrity_problem`). A record of an earlier schema (before records were sealed) has no
+digest: it stays a result, its identity and config hash are checked, and the report lists it as
+unsealed (its numbers cannot be checked; :func:`is_sealed`).
 """
 
 from __future__ import annotations
@@ -188,12 +199,22 @@ def write_record(run_dir: Path, record: Mapping[str, Any]) -> Path:
     return path
 
 
+def _schema(payload: Mapping[str, Any]) -> int:
+    value = payload.get("schema_version", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+
+def is_sealed(record: Mapping[str, Any]) -> bool:
+    """Whether a record carries its digest (records of schema < 3, written before, do not)."""
+    return bool(record.get(DIGEST_FIELD))
+
+
 def integrity_problem(payload: Mapping[str, Any]) -> str | None:
     """None for a record as its job wrote it, else what shows it was not (module docstring)."""
     stored = payload.get(DIGEST_FIELD)
-    if not stored:
-        return f"no {DIGEST_FIELD}: not written by this version's jobs (schema {SCHEMA_VERSION}); re-run the job"
-    if stored != record_digest(payload):
+    if not stored and _schema(payload) >= SCHEMA_VERSION:
+        return f"no {DIGEST_FIELD}, though its schema ({_schema(payload)}) seals records: edited or truncated by hand"
+    if stored and stored != record_digest(payload):
         return f"edited after it was written: its {DIGEST_FIELD} does not match its content"
     expected = record_identity(payload.get("config") or {})
     differing = [

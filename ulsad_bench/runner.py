@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .artifacts import JOB_FILES, MapPreview, choose_preview, write_maps, write_predictions
-from .code_version import job_code_version
+from .code_version import model_code_version
 from .data import LOGICAL, DatasetError, ImageSet, Splits, load_image_set
 from .data.channels import DEFECTS_CONFIG, load_channels
 from .data.decoded import DecodedCache
@@ -144,7 +144,7 @@ def make_context(
             spec.data.cache_dir / "features",
             enabled=spec.feature_cache,
             max_bytes=spec.data.cache_max_bytes,
-            code_version=job_code_version(spec.model_class.__module__),
+            code_version=model_code_version(spec.model_class),
         ),
         precision=spec.precision,
         progress=spec.progress,

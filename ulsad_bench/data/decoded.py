@@ -292,7 +292,10 @@ class DecodedCache:
             return self._discard(path, f"unreadable ({err})")
         if not ok:
             return self._discard(path, f"not a {n}-image split of {size} px with its checksum")
-        problem = _checksum_problem(path, flat)
+        try:
+            problem = _checksum_problem(path, flat)
+        except FileNotFoundError:  # evicted or replaced by another job meanwhile: a miss, not a corrupt entry
+            return None
         if problem:
             return self._discard(path, problem)
         self.hits += 1

@@ -106,10 +106,15 @@ class Splits:
 
 
 def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:  # a file outside the category folder (VisA's CSV may point anywhere)
-        return path.as_posix()
+    """``path``'s name in a fingerprint: relative to the category folder, else to the dataset's folder
+    (VisA's split CSV), else its file name (a teacher, penalty images, a weights file), so that moving
+    the dataset or those files leaves the fingerprint unchanged."""
+    for base in (root, root.parent):
+        try:
+            return path.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return path.name
 
 
 Reader = Callable[[Any, Path], CategorySplits]

@@ -51,7 +51,7 @@ CI_NOTE = (
 TIE_NOTE = (
     f"{TIE_MARK}: not significantly different from the best method on that dataset (the best included): "
     f"Wilcoxon signed-rank test over the categories' seed means, Holm-corrected over the comparisons with the best, "
-    f"α = {ALPHA:g}; methods with fewer than {FULL_SEEDS} seeds or missing categories, and runs of the authors' "
+    f"α = {ALPHA:g}; methods with too few seeds (--min-seeds) or missing categories, and runs of the authors' "
     "protocol, are not tested (statistics tables: tests_<dataset>_<metric>)."
 )
 

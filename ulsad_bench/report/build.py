@@ -137,8 +137,9 @@ def _index(report: Report, paper: bool) -> str:
         "ULSAD against each method over the categories (`tests_*`: Wilcoxon signed-rank, Holm-corrected, wins / ties / "
         "losses, Bayesian signed-rank with a 1-point region of practical equivalence) and per metric the average ranks "
         "with the Friedman test and the Nemenyi critical difference (`ranks_*`, and the `cd_*` figures). Methods with "
-        "fewer than five seeds, a missing category or the authors' protocol are left out of the tests (each table says "
-        "which). In the main tables, ≈ marks the methods not significantly different from the best.",
+        "fewer seeds than --min-seeds (default five), a missing category or the authors' protocol are left out of "
+        "the tests (each table says which). In the main tables, ≈ marks the methods not significantly different "
+        "from the best.",
         "",
     ]
     lines += _table_lines(report.statistics) or ["- none: no ok records"]
@@ -153,6 +154,14 @@ def _index(report: Report, paper: bool) -> str:
     if results.dirty:
         lines += ["", "## Records made from uncommitted code (git tree with changes; marked in the tables)", ""]
         lines += [f"- {line}" for line in results.dirty]
+    if results.unsealed:
+        lines += [
+            "",
+            "## Records written before records were sealed (identity and config hash checked; their numbers cannot "
+            "be: re-run them to seal them)",
+            "",
+        ]
+        lines += [f"- {line}" for line in results.unsealed]
     if results.duplicates:
         lines += ["", "## Duplicates (the same job twice; the later record is used)", ""]
         lines += [f"- {line}" for line in results.duplicates]

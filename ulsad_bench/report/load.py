@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 from ..config import CONF_DIR, flatten, is_result_key, result_config
 from ..protocol import Protocol
-from ..records import find_records, inspect_record, is_attempt, is_dirty, weights_policy
+from ..records import find_records, inspect_record, is_attempt, is_dirty, is_sealed, weights_policy
 from .naming import ALL_METRICS, KINDS, SPRO_METRICS
 
 CELL = ["dataset", "category", "model", "variant", "backbone", "protocol"]
@@ -65,6 +65,7 @@ class Results:
     duplicates: list[str] = field(default_factory=list)
     root: Path = Path(".")
     dirty: list[str] = field(default_factory=list)
+    unsealed: list[str] = field(default_factory=list)
 
     _scopes: dict[tuple[tuple[str, Any], ...], pd.DataFrame] = field(default_factory=dict, repr=False)
 
@@ -114,6 +115,12 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
+#: model settings that are no part of the paper's setting to compare: where a file lies (its content is
+#: checked through the data fingerprint and the weights' sha256; EfficientAD's paper setting is judged by
+#: its record, ``hyperparameters.paper_setting``), and how much work runs at once (same results)
+NOT_COMPARED = ("teacher_weights", "penalty_dir", "penalty_workers", "feature_batch_size")
+
+
 def off_paper_settings(model: str, model_cfg: dict[str, Any]) -> str:
     """``"epochs=100 (paper: 200), feature_dim=128 (paper: 384)"``: the model's result settings that
     differ from the paper's (:func:`paper_model_settings`); "" when none does or none is known."""
@@ -124,7 +131,10 @@ def off_paper_settings(model: str, model_cfg: dict[str, Any]) -> str:
     parts = [
         f"{key}={json.dumps(used.get(key), default=str)} (paper: {json.dumps(default, default=str)})"
         for key, default in paper.items()
-        if is_result_key(f"model.{key}") and key in used and not _same(used.get(key), default)
+        if is_result_key(f"model.{key}")
+        and key not in NOT_COMPARED
+        and key in used
+        and not _same(used.get(key), default)
     ]
     return ", ".join(parts)
 
@@ -263,6 +273,7 @@ def load_results(root: Path | str) -> Results:
     failed: list[dict[str, Any]] = []
     configs: dict[str, dict[str, Any]] = {}
     dirty: list[str] = []
+    unsealed: list[str] = []
     for path in find_records(root):
         read = inspect_record(path)
         record = read.record
@@ -283,6 +294,8 @@ def load_results(root: Path | str) -> Results:
             continue
         if is_dirty(record) and record.get("status") == "ok":
             dirty.append(f"{path} (git {record['versions']['git']})")
+        if not is_sealed(record) and record.get("status") == "ok":
+            unsealed.append(f"{path} (schema {record.get('schema_version', 1)})")
         row = _row(path, record)
         configs[row["path"]] = record.get("config") or {}
         rows.append(row)
@@ -295,5 +308,11 @@ def load_results(root: Path | str) -> Results:
     conflicts, duplicates = _check_cells(frame, configs)
     failed_frame = pd.DataFrame(failed, columns=["path", "status", "error", *CELL, "seed"])
     return Results(
-        records=frame, failed=failed_frame, conflicts=conflicts, duplicates=duplicates, root=root, dirty=dirty
+        records=frame,
+        failed=failed_frame,
+        conflicts=conflicts,
+        duplicates=duplicates,
+        root=root,
+        dirty=dirty,
+        unsealed=unsealed,
     )

@@ -406,16 +406,29 @@ def tied_with_best_methods(
     """Per (dataset, metric): the methods not significantly different from the best one (highest
     mean over categories), by the paired Wilcoxon test across categories, Holm-corrected over the
     comparisons with the best (:func:`.statistics.tied_with_best`); None when there are too few
-    categories or usable methods to test. Methods left out of the tests (authors' protocol, †, ‡)
-    are in no set."""
+    categories or usable methods to test, or when the best printed value (the bold one: the highest
+    mean over categories of the clean methods with every category) belongs to a method left out of
+    the tests (too few seeds), which then cannot be the reference. Methods left out of the tests
+    (authors' protocol, †, ‡) are in no set."""
     out: dict[tuple[str, str], frozenset[Method] | None] = {}
     for dataset in ctx.datasets():
         for metric in (m for m in metrics if m in metrics_present(ctx, dataset)):
             ev = evidence(ctx, dataset, metric)
-            tied = tied_with_best(ev.means)
+            tied = tied_with_best(ev.means) if _bold_is_tested(ev) else None
             by_label = {m.label: m for m in ev.methods}
             out[(dataset, metric)] = None if tied is None else frozenset(by_label[label] for label in tied)
     return out
+
+
+def _bold_is_tested(ev: Evidence) -> bool:
+    """Whether the method with the highest mean over categories among the clean ones that have every
+    category (those the main tables rank) is among the tested methods."""
+    ranked = {
+        m.label: float(np.mean([np.mean(ev.seeds[m][c]) for c in ev.categories]))
+        for m in ev.methods
+        if m.protocol == "clean" and all(ev.seeds[m].get(c) for c in ev.categories)
+    }
+    return bool(ranked) and max(ranked, key=lambda label: ranked[label]) in ev.means.columns
 
 
 def seed_values(ev: Evidence) -> pd.DataFrame:

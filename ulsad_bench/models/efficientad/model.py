@@ -205,8 +205,12 @@ class EfficientAd(AnomalyModel):
             penalty_files(self.penalty_dir)
 
     def input_files(self, weights_policy: str = "imagenet") -> list[Path]:
-        """The teacher file and the penalty images the job will read (those that exist)."""
-        teacher, penalty = self.resolve_setting(weights_policy)
+        """The teacher file and the penalty images the job will read (those that exist); none when
+        the setting cannot resolve (the job then refuses it by name, with its record)."""
+        try:
+            teacher, penalty = self.resolve_setting(weights_policy)
+        except TeacherWeightsNotFoundError:
+            return []
         found: list[Path] = []
         if teacher == "pretrained" and self.teacher_weights is not None:
             file = Path(self.teacher_weights).expanduser()
