@@ -12,7 +12,17 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ulsad_bench"
 MAX_FUNCTION_LINES = 80
-MODEL_NAMES = ("ulsad", "padim", "patchcore", "dfr", "efficientad")
+MODEL_NAMES = (
+    "ulsad",
+    "padim",
+    "patchcore",
+    "dfr",
+    "efficientad",
+    "cflow",
+    "fastflow",
+    "draem",
+    "reverse_distillation",
+)
 
 
 def _modules() -> list[Path]:

@@ -186,6 +186,18 @@ def resolve_weights(name: str, weights: str, random_init_seed: int = 0, verify: 
 
 #: ``backbone.weights`` values that name a policy rather than a file
 WEIGHT_POLICIES = ("imagenet", "torchvision", "random")
+#: what :meth:`~ulsad_bench.models.base.AnomalyModel.own_backbone` returns for a model that runs on no
+#: pretrained network (DRAEM: both its networks are trained from scratch); records name it as the backbone
+NO_BACKBONE = "none"
+
+
+def no_backbone(weights: str, random_init_seed: int = 0) -> BackboneSpec:
+    """The "backbone" of a model without a pretrained network: nothing is read. Its weights policy is
+    ``none``, or ``random`` when ``backbone.weights=random`` asked for random initialisation (the
+    synthetic set's setting, under which a model's substitutes count as consistent, as EfficientAD's)."""
+    if weights == "random":
+        return BackboneSpec(NO_BACKBONE, WeightsInfo(policy="random", random_init_seed=int(random_init_seed)))
+    return BackboneSpec(NO_BACKBONE, WeightsInfo(policy=NO_BACKBONE, source="no pretrained network"))
 
 
 def resolve_backbone(
@@ -198,6 +210,8 @@ def resolve_backbone(
     configured one (DFR: vgg19, :meth:`~ulsad_bench.models.base.AnomalyModel.own_backbone`),
     which gets the same policy; a weights *file* belongs to the configured backbone only.
     """
+    if own == NO_BACKBONE:
+        return no_backbone(weights, random_init_seed)
     name = own or configured
     if name != configured and weights not in WEIGHT_POLICIES:
         raise ValueError(

@@ -145,8 +145,10 @@ class AnomalyModel(ABC):
 
     def own_backbone(self) -> str | None:
         """The network a model uses instead of ``backbone=`` when its paper fixes one (DFR:
-        vgg19), or None. The job then resolves that network under ``backbone.weights``'s policy
-        and needs no weights file for ``backbone=``; ``ctx.backbone`` is the network used."""
+        vgg19; FastFlow: resnet18), or None. The job then resolves that network under
+        ``backbone.weights``'s policy and needs no weights file for ``backbone=``; ``ctx.backbone``
+        is the network used. :data:`~.backbone.NO_BACKBONE` (``"none"``) for a model that runs on
+        no pretrained network (DRAEM): nothing is read, the record names ``none``."""
         return None
 
     def check_files(self, weights_policy: str = "imagenet") -> None:

@@ -26,7 +26,9 @@ PROTOCOL_WARNING = (
     "not comparable to clean numbers, see the notes"
 )
 DIRTY_WARNING = "RECORDS FROM UNCOMMITTED CODE (git tree with changes): see the notes"
-SUBSTITUTE_WARNING = "NOT THE PAPER'S SETTING (substitute teacher or penalty): see the notes"
+SUBSTITUTE_WARNING = (
+    "NOT THE PAPER'S SETTING (a substitute: EfficientAD's teacher or penalty, DRÆM's anomaly source): see the notes"
+)
 OFF_PAPER_WARNING = f"SETTINGS OTHER THAN THE PAPER'S in cells marked {SETTING_MARK} (e.g. shorter training): see notes"
 UNVERIFIED_WARNING = "UNVERIFIED BACKBONE WEIGHTS (sha256 not the published file's): see the notes"
 CONVENTIONS = (
@@ -286,8 +288,9 @@ class Audit:
             )
         if self.substitutes:
             notes.append(
-                "Not the paper's EfficientAD (a teacher distilled on the training images instead of anomalib's "
-                f"pretrained one, or no ImageNette penalty): {'; '.join(self.substitutes.values())}."
+                "Not the paper's setting, a substitute asked for (EfficientAD: a teacher distilled on the training "
+                "images instead of anomalib's pretrained one, or no ImageNette penalty; DRÆM: anomalies synthesised "
+                f"from generated textures instead of DTD): {'; '.join(self.substitutes.values())}."
             )
         if self.off_paper:
             notes.append(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,17 @@ def off_paper_settings(model: str, model_cfg: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def substitute_text(hyper: Mapping[str, Any]) -> str:
+    """What a record's model ran instead of the paper's setting (``hyperparameters.paper_setting``
+    false): its ``substitute`` (DRAEM: ``anomaly source generated``), or EfficientAD's teacher and
+    penalty (records written before the field); "" for the paper's setting."""
+    if hyper.get("paper_setting") is not False:
+        return ""
+    if hyper.get("substitute"):
+        return str(hyper["substitute"])
+    return f"teacher {hyper.get('teacher_setting')}, penalty {hyper.get('penalty_setting')}"
+
+
 def _pct(value: Any) -> float:
     return float("nan") if value is None else 100.0 * float(value)
 
@@ -187,11 +199,7 @@ def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     row["image_size"] = (config.get("dataset") or {}).get("image_size")
     row["weights_unverified"] = weights.get("verified") is False
     hyper = record.get("hyperparameters") or {}
-    row["substitute"] = (
-        f"teacher {hyper.get('teacher_setting')}, penalty {hyper.get('penalty_setting')}"
-        if hyper.get("paper_setting") is False
-        else ""
-    )
+    row["substitute"] = substitute_text(hyper)
     row["off_paper"] = off_paper_settings(row["model"], model_cfg) if not row["variant"] else ""
     for metric in RECORD_METRICS:
         row[metric] = _pct(metrics.get(metric))

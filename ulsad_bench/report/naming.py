@@ -10,7 +10,17 @@ from __future__ import annotations
 from ..metrics import SPRO_LIMITS, spro_key
 
 # model (config ``model.name``) -> the paper's method name
-MODEL_METHOD = {"padim": "PaDiM", "patchcore": "PatchCore", "efficientad": "EffAD", "dfr": "DFR", "ulsad": "ULSAD"}
+MODEL_METHOD = {
+    "cflow": "CFLOW",
+    "draem": "DRÆM",
+    "fastflow": "FastFlow",
+    "padim": "PaDiM",
+    "patchcore": "PatchCore",
+    "reverse_distillation": "RD",
+    "efficientad": "EffAD",
+    "dfr": "DFR",
+    "ulsad": "ULSAD",
+}
 # column order of Tables 4 and 7-27
 PAPER_METHODS = ("CFLOW", "DRÆM", "FastFlow", "PaDiM", "PatchCore", "RD", "DFR", "EffAD", "ULSAD")
 # row order of Tables 1 and 2
