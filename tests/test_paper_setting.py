@@ -15,7 +15,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from tests.conftest import mvtec_cfg, tiny_mvtec
+from tests.conftest import compose_config, mvtec_cfg, tiny_mvtec
 from ulsad_bench import runner
 from ulsad_bench.data import read_image, read_mask
 from ulsad_bench.data.sample import Sample
@@ -248,3 +248,14 @@ def test_a_run_without_the_file_names_it(tmp_path: Path, shared_cache: Path, mon
     record = runner.run(cfg, tmp_path / "run")
     assert record["status"] == "failed" and "wide_resnet50_racm-8234f177.pth" in record["error"]
     assert str(tmp_path / "torch" / "hub" / "checkpoints") in record["error"]
+
+
+# ----------------------------------------------------------------------------- DFR
+
+
+def test_dfr_trains_700_epochs_by_default_and_the_shipped_150_is_a_named_variant() -> None:
+    """YoungGod/DFR: 700 for MVTec AD (first commit), 150 "for wine" (README, "The paper's setting")."""
+    paper = compose_config(["model=dfr"])
+    assert paper.model.epochs == 700 and paper.variant is None
+    shipped = compose_config(["+dfr=shipped_code"])
+    assert shipped.model.name == "dfr" and shipped.model.epochs == 150 and shipped.variant == "dfr-epochs150"
