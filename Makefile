@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 
 DATASET ?= synthetic
-MODELS ?= ulsad,patchcore,padim,efficientad,dfr
+MODELS ?= ulsad,patchcore,padim,efficientad,dfr,cflow,fastflow,draem,reverse_distillation
 SEEDS ?= 0,1,2,3,4
 RESULTS ?= outputs
 N_JOBS ?= 1

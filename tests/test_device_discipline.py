@@ -21,6 +21,9 @@ from omegaconf import OmegaConf
 
 from tests.device_check import DeviceMismatchError, stand_in_accelerator
 from tests.test_baselines import EFFICIENTAD_FAST
+from tests.test_model_cflow import CFLOW_FAST
+from tests.test_model_fastflow import FASTFLOW_FAST
+from tests.test_model_reverse_distillation import RD_FAST
 from ulsad_bench import bench, runner
 from ulsad_bench.models.dfr.model import pca_latent_dim
 from ulsad_bench.records import config_hash
@@ -32,6 +35,9 @@ JOBS = {
     "patchcore": ["model=patchcore"],
     "dfr": ["model=dfr", "model.epochs=2", "model.layers=[relu1_1,relu1_2,relu2_1,relu2_2]"],
     "efficientad": EFFICIENTAD_FAST,
+    "fastflow": FASTFLOW_FAST,
+    "reverse_distillation": [*RD_FAST[:2], "model.epochs=3", *RD_FAST[3:]],
+    "cflow": CFLOW_FAST,
 }
 
 

@@ -10,10 +10,14 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
 from ulsad_bench import runner
+from ulsad_bench.models.cflow.model import Cflow, CflowSettings
 from ulsad_bench.models.dfr.model import Dfr, DfrSettings
+from ulsad_bench.models.draem.model import Draem, DraemSettings
 from ulsad_bench.models.efficientad.model import EfficientAd, EfficientAdSettings
+from ulsad_bench.models.fastflow.model import Fastflow, FastflowSettings
 from ulsad_bench.models.padim import Padim, PadimSettings
 from ulsad_bench.models.patchcore import Patchcore, PatchcoreSettings
+from ulsad_bench.models.reverse_distillation.model import ReverseDistillation, ReverseDistillationSettings
 from ulsad_bench.models.settings import training_settings
 from ulsad_bench.models.ulsad.model import Ulsad
 from ulsad_bench.models.ulsad.settings import TRAINED_BY, UlsadSettings
@@ -25,6 +29,10 @@ MODELS = {
     "patchcore": (Patchcore, PatchcoreSettings),
     "dfr": (Dfr, DfrSettings),
     "efficientad": (EfficientAd, EfficientAdSettings),
+    "cflow": (Cflow, CflowSettings),
+    "draem": (Draem, DraemSettings),
+    "fastflow": (Fastflow, FastflowSettings),
+    "reverse_distillation": (ReverseDistillation, ReverseDistillationSettings),
 }
 
 

@@ -52,7 +52,7 @@ from .report import efficiency as efficiency_report
 from .runner import predict_all, prepare
 from .spec import JobSpec, model_class_of
 
-DEFAULT_MODELS = "ulsad,padim,efficientad,dfr,patchcore"
+DEFAULT_MODELS = "ulsad,padim,efficientad,dfr,cflow,fastflow,draem,reverse_distillation,patchcore"
 PRESETS = EXPERIMENTS_DIR / "bench"
 #: bf16 may move the test image AUROC by less than this against fp32 (the tests' tolerance)
 AUROC_TOLERANCE_POINTS = 0.5

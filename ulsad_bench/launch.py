@@ -25,7 +25,7 @@ ARGUMENTS = {
     "launcher": "basic | parallel | gpus (one job per GPU, Ray) | slurm | subprocess (LAUNCHER)",
     "plan": "1: print the plan (jobs, already done, time, cache disk) and launch nothing (PLAN)",
 }
-DEFAULT_MODELS = "ulsad,patchcore,padim,efficientad,dfr"
+DEFAULT_MODELS = "ulsad,patchcore,padim,efficientad,dfr,cflow,fastflow,draem,reverse_distillation"
 
 
 class SweepArgumentError(ValueError):

@@ -4,7 +4,10 @@ relies on, and its side effects (import warnings, downloads, progress bars).
 Written against anomalib 2.7.0. ``tests/test_anomalib_adapter.py`` checks each internal listed
 below on freshly built tiny models and names the one that changed when anomalib moves it; the
 model files (:mod:`.padim`, :mod:`.patchcore`, :mod:`.efficientad`) reach anomalib only
-through the functions of this module.
+through the functions of this module. CFLOW, DRÆM, FastFlow and Reverse Distillation reach it
+through this package's modules of their names (:mod:`.cflow`, :mod:`.draem`, :mod:`.fastflow`,
+:mod:`.reverse_distillation`), each listing the internals it relies on; the side-effect guards
+below serve them all.
 
 Only anomalib's ``torch_model`` classes are used: no Engine, no Lightning module, no
 PreProcessor / PostProcessor / Evaluator / Visualizer. Internals relied on (anomalib 2.7.0):
