@@ -89,3 +89,41 @@ def mvtec_cfg(root: Path, cache: Path, *overrides: str, dataset: str = "mvtec", 
             *overrides,
         ]
     )
+
+
+#: the tiny MVTec AD 2 fixture's categories and their image sizes (width, height): different sizes, not
+#: square, so that an export at the wrong size or with width and height swapped is caught
+TINY_AD2_SIZES = {"can": (40, 56), "fabric": (52, 36)}
+
+
+def tiny_mvtec_ad2(root: Path, n_private: int = 3, sizes: dict[str, tuple[int, int]] | None = None) -> Path:
+    """A tiny MVTec AD 2 in its published layout under ``root`` (ulsad_bench/data/mvtec_ad2.py): per
+    category 8 train, 3 validation, 3 good + 3 bad public test images (a bright square, its mask at
+    255), and ``n_private`` images in each private set, named as published (``000_regular.png``,
+    ``000_mixed.png``, ...). Images are (width, height) of :data:`TINY_AD2_SIZES`."""
+    rng = np.random.default_rng(0)
+    for category, (width, height) in (sizes or TINY_AD2_SIZES).items():
+        cat = root / category
+
+        def image(defect: bool, height: int = height, width: int = width) -> Image.Image:
+            pixels = rng.integers(100, 140, (height, width, 3), dtype=np.uint8)
+            if defect:
+                pixels[10:20, 12:22] = 250
+            return Image.fromarray(pixels)
+
+        for folder, count in (("train/good", 8), ("validation/good", 3), ("test_public/good", 3)):
+            (cat / folder).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                image(False).save(cat / folder / f"{i:03d}_regular.png")
+        for folder in ("test_public/bad", "test_public/ground_truth/bad"):
+            (cat / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            image(True).save(cat / "test_public" / "bad" / f"{i:03d}_regular.png")
+            mask = np.zeros((height, width), np.uint8)
+            mask[10:20, 12:22] = 255
+            Image.fromarray(mask).save(cat / "test_public" / "ground_truth" / "bad" / f"{i:03d}_regular_mask.png")
+        for split, suffix in (("test_private", "regular"), ("test_private_mixed", "mixed")):
+            (cat / split).mkdir(parents=True, exist_ok=True)
+            for i in range(n_private):
+                image(i == 0).save(cat / split / f"{i:03d}_{suffix}.png")
+    return root

@@ -19,7 +19,8 @@ from ulsad_bench.records import RECORD_NAME, RunRecord
 from ulsad_bench.report.naming import ALL_METRICS, SPRO_METRICS
 
 #: a clean job's record on a LOCO-like category has every field of the schema but those of other
-#: cases: a failure's, a protocol's test-set cut, a GPU launcher's, notes on sPRO
+#: cases: a failure's, a protocol's test-set cut, a GPU launcher's, notes on sPRO, SegF1's threshold and
+#: the private test sets' export (MVTec AD 2's: tests/test_mvtec_ad2.py)
 ABSENT_FROM_A_CLEAN_OK_RECORD = {
     "error",
     "traceback",
@@ -27,6 +28,8 @@ ABSENT_FROM_A_CLEAN_OK_RECORD = {
     "test_subset",
     "selection",
     "metric_notes",
+    "segmentation_threshold",
+    "submission",
 }
 
 

@@ -4,7 +4,8 @@
 config and its hash, versions, start: known before anything can fail, so a job refused for a bad
 setting is recorded too), the device, what preparing the job determined (backbone and weights,
 data and fingerprint, protocol), what it measured (fit, selection, predictions' timing,
-efficiency, metrics) and how it ended. Its fields are those of
+efficiency, metrics, SegF1's threshold), what it exported (MVTec AD 2's private test sets) and how
+it ended. Its fields are those of
 :class:`ulsad_bench.records.RunRecord`; :func:`ulsad_bench.records.write_record` writes it.
 """
 
@@ -83,6 +84,8 @@ class Progress:
     metrics: dict[str, Any] | None = None
     metrics_by_kind: dict[str, Any] | None = None
     thresholds: dict[str, Any] | None = None
+    segmentation_threshold: dict[str, Any] | None = None  # SegF1's threshold and its rule (metrics.seg_f1)
+    submission: dict[str, Any] | None = None  # the private test sets' export (ulsad_bench/submission.py)
     error: str | None = None
     traceback: str | None = None
     finished: str | None = None
@@ -119,7 +122,7 @@ def assemble(progress: Progress, kept_ok_record: Path | None = None) -> dict[str
             record[name] = value
     if progress.timing:
         record["timing"] = progress.timing
-    for name in ("efficiency", "metrics", "metrics_by_kind", "thresholds"):
+    for name in ("efficiency", "metrics", "metrics_by_kind", "thresholds", "segmentation_threshold", "submission"):
         value = getattr(progress, name)
         if value is not None:
             record[name] = value

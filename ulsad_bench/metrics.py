@@ -1,5 +1,6 @@
 """Every metric of a test set, one implementation used for every model: image and pixel AUROC,
-AP and F1-max, AUPRO and MVTec LOCO's sPRO (:func:`score_test_set`, :func:`evaluate`).
+AP and F1-max, AUPRO (at any FPR limits), MVTec LOCO's sPRO and MVTec AD 2's SegF1
+(:func:`score_test_set`, :func:`evaluate`, :func:`seg_f1`).
 
 All functions take numpy arrays; the metrics are fractions in [0, 1] (F1-max also returns its
 threshold). They are exact: every distinct score is a threshold (no binning), ties count one
@@ -11,7 +12,13 @@ metrics of a test set rank the anomalous pixels against one sort of the normal p
 8-connected components of each ground-truth mask; the per-region overlap is averaged over
 all regions of all images; the false positive rate is taken over all normal pixels of all
 images (normal images included); the PRO-vs-FPR curve is integrated with the trapezoid rule
-up to ``fpr_limit`` (the end point interpolated) and divided by ``fpr_limit``.
+up to ``fpr_limit`` (the end point interpolated) and divided by ``fpr_limit``. The same curve
+gives AU-PRO at every limit of ``metrics.pro_limits`` (:func:`pro_key`): MVTec AD 2's official
+evaluation is this MVTec AD code (MVTecAD2_public_code_utils/README.txt L30-39 points to it) with
+its headline at FPR 0.05 (``mvtec_ad_evaluation/evaluate_experiment.py`` L162-164 integrate the
+PRO curve to ``integration_limit`` with ``trapezoid`` and divide by it; ``pro_curve_util.py``
+computes the curve over all regions and all anomaly-free pixels; ``generic_util.trapezoid``
+interpolates the end point).
 """
 
 from __future__ import annotations
@@ -292,6 +299,71 @@ def spro_curve(maps: np.ndarray, masks: np.ndarray, channels: Sequence[Channel])
     return overlap_curve(spro_ranked(maps, channels, negatives), len(channels))
 
 
+# ----------------------------------------------------------------------------- MVTec AD 2's SegF1
+
+#: the threshold rule of SegF1: mean + 3 std of the validation images' anomaly-map pixels
+SEG_THRESHOLD_STDS = 3.0
+SEG_F1 = "seg_f1"
+
+
+@dataclass(frozen=True)
+class SegThreshold:
+    """The segmentation threshold of SegF1 and what it was computed from (for the record)."""
+
+    value: float
+    mean: float
+    std: float
+    images: int
+    pixels: int
+
+    def as_record(self, source: str) -> dict[str, float | int | str]:
+        return {
+            "value": self.value,
+            "rule": f"mean + {SEG_THRESHOLD_STDS:g} std of every anomaly-map pixel of the threshold images",
+            "mean": self.mean,
+            "std": self.std,
+            "images": self.images,
+            "pixels": self.pixels,
+            "source": source,
+            "binarised": "score >= value is anomalous",
+        }
+
+
+def segmentation_threshold(maps: np.ndarray, stds: float = SEG_THRESHOLD_STDS) -> SegThreshold:
+    """``mean + stds x std`` over every pixel of the anomaly maps ``[N, H, W]`` of anomaly-free
+    images that are not test images (MVTec AD 2's validation set). The rule is the official one:
+    the MVTec AD 2 upload checker's hint, ``segmentation_threshold = np.mean(anomaly_scores_val) + 3 *
+    np.std(anomaly_scores_val)`` (MVTecAD2_public_code_utils/check_and_prepare_data_for_upload.py
+    L58-66), with numpy's population std (ddof 0), fixed without test data. Maps at the size the
+    metrics score them (``dataset.image_size``, the model's crop applied), as the test maps."""
+    maps = np.asarray(maps)
+    if maps.size == 0:
+        raise ValueError("segmentation threshold: no anomaly maps of threshold images")
+    if not np.all(np.isfinite(maps)):
+        raise ValueError("segmentation threshold: the threshold images' maps contain NaN or infinite values")
+    mean = float(np.mean(maps, dtype=np.float64))
+    std = float(np.std(maps, dtype=np.float64))
+    return SegThreshold(mean + stds * std, mean, std, int(maps.shape[0]), int(maps.size))
+
+
+def seg_f1(masks: np.ndarray, maps: np.ndarray, threshold: float) -> float:
+    """SegF1: the F1 of the binarised maps (``score >= threshold``) against the masks, over every
+    pixel of every test image pooled (``2 TP / (2 TP + FP + FN)``; 0 when nothing is found).
+
+    MVTec AD 2 (Heckler-Kram et al. 2025) scores submitted binary masks on its server; whether the
+    server pools pixels over a category's images, as here, or averages per-image F1 scores is not
+    stated in the official code at hand (MVTecAD2_public_code_utils/ only checks the submission): the
+    pooled F1 is the choice here, made for the whole test set as the other pixel metrics are.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    maps = np.asarray(maps)
+    _check(masks, maps, "seg_f1")
+    predicted = maps >= threshold
+    tp = int(np.count_nonzero(predicted & masks))
+    denominator = int(np.count_nonzero(predicted)) + int(np.count_nonzero(masks))
+    return 2.0 * tp / denominator if denominator else 0.0
+
+
 # ----------------------------------------------------------------------------- one test set
 
 #: the FPR limits of AUC-sPRO: the official evaluation's (0.01, 0.05, 0.1, 0.3, 1) and 0.2
@@ -302,6 +374,23 @@ def spro_key(limit: float) -> str:
     return f"spro_{limit:g}"
 
 
+def pro_key(limit: float, fpr_limit: float = 0.3) -> str:
+    """The record key of AU-PRO up to FPR ``limit``: ``aupro`` at ``fpr_limit`` (the paper's 0.3,
+    the key every record has), ``aupro_<limit>`` at any other (``aupro_0.05``)."""
+    return "aupro" if limit == fpr_limit else f"aupro_{limit:g}"
+
+
+def check_pro_limits(limits: object) -> tuple[float, ...]:
+    """``metrics.pro_limits`` as a tuple of floats, each in (0, 1]; a ``ValueError`` names the setting."""
+    values = list(limits) if isinstance(limits, (list, tuple)) else None
+    if values is None or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise ValueError(f"metrics.pro_limits={limits!r}: expected a list of FPR limits in (0, 1], e.g. [0.05, 0.3]")
+    outside = [v for v in values if not 0 < v <= 1]
+    if outside:
+        raise ValueError(f"metrics.pro_limits={values}: {outside} outside (0, 1]: every FPR limit must be in (0, 1]")
+    return tuple(dict.fromkeys(float(v) for v in values))
+
+
 def score_test_set(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -310,12 +399,15 @@ def score_test_set(
     fpr_limit: float = 0.3,
     channels: Sequence[Channel] | None = None,
     spro_limits: Sequence[float] = SPRO_LIMITS,
+    pro_limits: Sequence[float] = (),
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Every metric of one test set: ``(metrics, thresholds)``.
 
     Image AUROC, AP, F1-max over image scores; pixel AUROC, AP, F1-max and AUPRO over all pixels
-    of all images, from one sort of the normal pixels' scores; with ``channels``, AUC-sPRO at
-    each of ``spro_limits`` against the same sort. ``thresholds`` holds the F1-max thresholds.
+    of all images, from one sort of the normal pixels' scores (AUPRO at ``fpr_limit`` as ``aupro``,
+    and at each other limit of ``pro_limits`` from the same curve, :func:`pro_key`); with
+    ``channels``, AUC-sPRO at each of ``spro_limits`` against the same sort. ``thresholds`` holds
+    the F1-max thresholds.
     """
     labels = np.asarray(labels)
     masks = np.asarray(masks, dtype=bool)
@@ -337,8 +429,10 @@ def score_test_set(
         "pixel_auroc": auroc_of(pixel),
         "pixel_ap": average_precision_of(pixel),
         "pixel_f1_max": pixel_f1,
-        "aupro": area_to(*overlap_curve(pixel, n_regions), fpr_limit),
     }
+    pro = overlap_curve(pixel, n_regions)
+    for limit in (fpr_limit, *pro_limits):
+        metrics[pro_key(limit, fpr_limit)] = area_to(*pro, limit)
     if channels:
         curve = overlap_curve(spro_ranked(maps, channels, negatives), len(channels))
         metrics |= {spro_key(limit): area_to(*curve, limit) for limit in spro_limits}
@@ -354,6 +448,7 @@ def evaluate(
     fpr_limit: float = 0.3,
     channels: Sequence[Channel] | None = None,
     spro_limits: Sequence[float] = SPRO_LIMITS,
+    pro_limits: Sequence[float] = (),
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
     """All metrics of one test set, overall and per anomaly kind.
 
@@ -362,6 +457,7 @@ def evaluate(
         kinds: anomaly kind of each image (``good`` for normal ones). When the anomalous
             images have more than one kind, each kind is scored against all normal images.
         channels: MVTec LOCO's ground-truth channels (for sPRO), or None.
+        pro_limits: FPR limits of AU-PRO besides ``fpr_limit`` (``metrics.pro_limits``, :func:`pro_key`).
 
     Returns:
         ``(metrics, metrics_by_kind, thresholds)``; the second is empty for single-kind datasets;
@@ -374,9 +470,8 @@ def evaluate(
         index = np.flatnonzero(subset)
         renumber = {int(i): j for j, i in enumerate(index)}
         kept = [Channel(renumber[c.image], c.mask, c.saturation) for c in (channels or []) if c.image in renumber]
-        return score_test_set(
-            labels[subset], scores[subset], masks[subset], maps[subset], fpr_limit, kept or None, spro_limits
-        )
+        arrays = (labels[subset], scores[subset], masks[subset], maps[subset])
+        return score_test_set(*arrays, fpr_limit, kept or None, spro_limits, pro_limits)
 
     everything = np.ones(len(labels), dtype=bool)
     overall, thresholds = score(everything)

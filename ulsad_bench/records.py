@@ -132,6 +132,10 @@ class RunRecord(BaseModel):
     metrics: Metrics | None = None
     metrics_by_kind: dict[str, Metrics] = Field(default_factory=dict)
     thresholds: dict[str, Any] | None = None
+    # SegF1's segmentation threshold, its rule and images (metrics.seg_f1); the export of test sets
+    # without ground truth for an evaluation server (MVTec AD 2: folder, counts, format)
+    segmentation_threshold: dict[str, Any] | None = None
+    submission: dict[str, Any] | None = None
     # how it ended
     error: str | None = None
     traceback: str | None = None
@@ -408,6 +412,8 @@ def summary_line(record: Mapping[str, Any]) -> str:
         return f"{head} | {record.get('error', '')}"
     m = record["metrics"]
     line = f"{head} | I-AUROC {_pct(m['image_auroc'])} P-AUROC {_pct(m['pixel_auroc'])} AUPRO {_pct(m['aupro'])}"
+    others = [key for key in m if key.startswith("aupro_")] + [key for key in ("seg_f1",) if key in m]
+    line += "".join(f" {key.replace('aupro_', 'AUPRO@').replace('seg_f1', 'SegF1')} {_pct(m[key])}" for key in others)
     for kind, km in (record.get("metrics_by_kind") or {}).items():
         line += f" | {kind} I-AUROC {_pct(km['image_auroc'])}"
     timing = record.get("timing") or {}

@@ -37,7 +37,7 @@ from .environment import describe_device, resolve_device, seed_everything
 from .features import FeatureCache
 from .job_record import Progress, assemble, header, now, out_of_memory_hint
 from .joblock import JobLock, describe_holder
-from .metrics import evaluate
+from .metrics import SEG_F1, evaluate, seg_f1, segmentation_threshold
 from .models.backbone import BackboneSpec, resolve_backbone
 from .models.base import AnomalyModel, Prediction, RunContext
 from .outcomes import write_outcome
@@ -46,6 +46,7 @@ from .protocol import EpochSelection, apply_to_splits
 from .records import ATTEMPTS_DIR, RECORD_NAME, inspect_record, new_attempt_dir, summary_line, write_record
 from .resume import Listing, decide, list_splits
 from .spec import JobSpec
+from .submission import SUBMISSION_DIR, export_private_sets
 
 log = logging.getLogger("ulsad_bench")
 
@@ -115,19 +116,40 @@ def job_source_keys(spec: JobSpec) -> str:
     return "content" if spec.resume == "off" else spec.data.source_keys
 
 
-def load_data(spec: JobSpec, splits: Splits) -> tuple[ImageSet, ImageSet, ImageSet]:
-    """The splits' decoded images at ``dataset.image_size`` (test with masks). The model's centre
-    crop and MVTec LOCO's channels are applied on top (:func:`crop_for_model`, :func:`attach_channels`)."""
+def _load_options(spec: JobSpec) -> dict[str, Any]:
+    """How the job decodes a split (:func:`~ulsad_bench.data.load_image_set`'s options)."""
     data = spec.data
     source_keys = job_source_keys(spec)
     decoded = None
     if data.decoded_images:  # decoded once per split, shared by every job
         decoded = DecodedCache(data.cache_dir / "features", max_bytes=data.cache_max_bytes, source_keys=source_keys)
-    options = {"progress": spec.progress, "resize": data.resize, "cache": decoded, "source_keys": source_keys}
-    train = load_image_set(splits.train, data.image_size, with_masks=False, desc="read train", **options)
-    val = load_image_set(splits.val, data.image_size, with_masks=False, desc="read val", **options)
-    test = load_image_set(splits.test, data.image_size, with_masks=True, desc="read test", **options)
+    return {"progress": spec.progress, "resize": data.resize, "cache": decoded, "source_keys": source_keys}
+
+
+def load_data(spec: JobSpec, splits: Splits) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """The splits' decoded images at ``dataset.image_size`` (test with masks). The model's centre
+    crop and MVTec LOCO's channels are applied on top (:func:`crop_for_model`, :func:`attach_channels`)."""
+    size, options = spec.data.image_size, _load_options(spec)
+    train = load_image_set(splits.train, size, with_masks=False, desc="read train", **options)
+    val = load_image_set(splits.val, size, with_masks=False, desc="read val", **options)
+    test = load_image_set(splits.test, size, with_masks=True, desc="read test", **options)
     return train, val, test
+
+
+def load_unscored(spec: JobSpec, splits: Splits, val: ImageSet) -> tuple[ImageSet | None, dict[str, ImageSet]]:
+    """The images a job predicts but does not score, at ``dataset.image_size``: those of SegF1's
+    threshold (``metrics.seg_f1``; the validation split's own images when they are the same, else the
+    dataset's validation folder read in addition, :func:`~ulsad_bench.data.splits.threshold_split`),
+    None without any; and the test sets without ground truth (MVTec AD 2's private ones), by name."""
+    size, options = spec.data.image_size, _load_options(spec)
+    threshold = val if splits.threshold and splits.threshold_is_val else None
+    if splits.threshold and not splits.threshold_is_val:
+        threshold = load_image_set(splits.threshold, size, with_masks=False, desc="read threshold", **options)
+    private = {
+        name: load_image_set(samples, size, with_masks=False, desc=f"read {name}", **options)
+        for name, samples in splits.private.items()
+    }
+    return threshold, private
 
 
 def make_context(
@@ -180,6 +202,9 @@ class Job:
             ``metric_notes``).
         selection: the test-set selection of ``protocol.select_on_test`` (None otherwise).
         load_s: seconds spent reading the images.
+        threshold: the images of SegF1's threshold as the model sees them (``metrics.seg_f1``), or None.
+        private: the test sets without ground truth as the model sees them, by name (predicted and
+            exported for MVTec AD 2's evaluation server: :mod:`ulsad_bench.submission`).
     """
 
     spec: JobSpec
@@ -193,6 +218,8 @@ class Job:
     record: dict[str, Any] = field(default_factory=dict)
     selection: EpochSelection | None = None
     load_s: float = 0.0
+    threshold: ImageSet | None = None
+    private: dict[str, ImageSet] = field(default_factory=dict)
 
 
 def prepare(spec: JobSpec, listing: Listing | None = None) -> Job:
@@ -211,10 +238,14 @@ def prepare(spec: JobSpec, listing: Listing | None = None) -> Job:
     splits, test_subset = apply_to_splits(spec.protocol, listed)
     start = time.perf_counter()
     train, val, test = load_data(spec, splits)
+    threshold, private = load_unscored(spec, splits, val)
     load_s = time.perf_counter() - start
     notes = attach_channels(splits, test, spec.data.resize)
+    if spec.metrics.seg_f1 and threshold is None:
+        notes[SEG_F1] = f"not computed: no threshold images ({splits.threshold_source})"
     channels = len(test.channels or [])
     train, val, test = crop_for_model(spec, train, val, test)
+    threshold, private = crop_unscored(spec, splits, val, threshold, private)
     if channels > len(test.channels or []):
         lost = channels - len(test.channels or [])
         notes["spro_crop"] = f"{lost} ground-truth channels lie outside the model's centre crop and are left out"
@@ -238,7 +269,17 @@ def prepare(spec: JobSpec, listing: Listing | None = None) -> Job:
             every=spec.protocol.eval_every,
         )
     model.setup(make_context(spec, device, backbone, selection))
-    return Job(spec, device, model, backbone, splits, train, val, test, record, selection, load_s)
+    return Job(spec, device, model, backbone, splits, train, val, test, record, selection, load_s, threshold, private)
+
+
+def crop_unscored(
+    spec: JobSpec, splits: Splits, val: ImageSet, threshold: ImageSet | None, private: dict[str, ImageSet]
+) -> tuple[ImageSet | None, dict[str, ImageSet]]:
+    """:func:`load_unscored`'s image sets as the model sees them (``val``: the validation split as
+    the model sees it, the threshold's images when they are the same)."""
+    if threshold is not None:
+        threshold = val if splits.threshold_is_val else crop_for_model(spec, threshold)[0]
+    return threshold, {name: crop_for_model(spec, images)[0] for name, images in private.items()}
 
 
 def attach_channels(splits: Splits, test: ImageSet, resize: str = "cv2_linear") -> dict[str, str]:
@@ -303,14 +344,53 @@ def execute(job: Job, progress: Progress, files_dir: Path) -> None:
         progress.timing["profile_s"] = round(time.perf_counter() - start, 3)
     assert test.masks is not None
     start = time.perf_counter()
+    masks, channels = test.masks.numpy(), test.channels or None
     progress.metrics, progress.metrics_by_kind, progress.thresholds = evaluate(
-        test.labels, scores, test.masks.numpy(), maps, test.kinds, spec.fpr_limit, test.channels or None
+        test.labels, scores, masks, maps, test.kinds, spec.fpr_limit, channels, pro_limits=spec.metrics.pro_limits
     )
     write_predictions(files_dir, test.samples, scores)
     preview = map_preview(test, maps, extras, spec.save_maps_per_defect)
     if preview is not None:
         write_maps(files_dir, preview)
     progress.timing["metrics_s"] = round(time.perf_counter() - start, 3)
+    threshold = score_seg_f1(job, progress, maps)
+    if job.private:
+        start = time.perf_counter()
+        progress.submission = export_submission(job, threshold, files_dir / SUBMISSION_DIR, progress)
+        progress.timing["private_s"] = round(time.perf_counter() - start, 3)
+
+
+def score_seg_f1(job: Job, progress: Progress, maps: np.ndarray) -> float | None:
+    """SegF1 of the test maps at the threshold of the validation images (``metrics.seg_f1``,
+    :func:`~ulsad_bench.metrics.segmentation_threshold`): the threshold images are predicted, the
+    threshold and its rule go to the record (``segmentation_threshold``, ``thresholds.seg_f1``), the
+    score to ``metrics.seg_f1``. Returns the threshold, None when SegF1 is not computed (the record's
+    ``metric_notes`` says why)."""
+    if not job.spec.metrics.seg_f1 or job.threshold is None:
+        return None
+    assert job.test.masks is not None and progress.metrics is not None and progress.thresholds is not None
+    start = time.perf_counter()
+    val_maps = predict_all(job.model, job.threshold, job.device, job.spec.eval_batch_size, progress=False)[0]
+    threshold = segmentation_threshold(val_maps)
+    progress.metrics[SEG_F1] = seg_f1(job.test.masks.numpy(), maps, threshold.value)
+    progress.thresholds[SEG_F1] = threshold.value
+    progress.segmentation_threshold = threshold.as_record(job.splits.threshold_source)
+    progress.timing["seg_threshold_s"] = round(time.perf_counter() - start, 3)
+    return threshold.value
+
+
+def export_submission(job: Job, threshold: float | None, out: Path, progress: Progress) -> dict[str, Any]:
+    """Predict every test set without ground truth and write its maps (and, with SegF1's threshold,
+    its binary masks) for the evaluation server (:func:`ulsad_bench.submission.export_private_sets`);
+    returns the record's ``submission``, with the folder it will lie in (the run folder's)."""
+    sets = {
+        name: (images.samples, predict_all(job.model, images, job.device, job.spec.eval_batch_size, False)[0])
+        for name, images in job.private.items()
+    }
+    written = export_private_sets(out, job.spec.category, sets, job.spec.data.image_size, threshold)
+    if threshold is None:
+        written["thresholded"] = "none: no segmentation threshold (metrics.seg_f1 off, or no threshold images)"
+    return {"folder": str(Path(progress.header["run_dir"]) / SUBMISSION_DIR), **written}
 
 
 def _promote(attempt_dir: Path, run_dir: Path, record: dict[str, Any]) -> None:
@@ -323,6 +403,9 @@ def _promote(attempt_dir: Path, run_dir: Path, record: dict[str, Any]) -> None:
             os.replace(made, run_dir / name)
         else:
             (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / SUBMISSION_DIR, ignore_errors=True)
+    if (attempt_dir / SUBMISSION_DIR).is_dir():
+        os.replace(attempt_dir / SUBMISSION_DIR, run_dir / SUBMISSION_DIR)
     write_record(run_dir, record)
     shutil.rmtree(run_dir / ATTEMPTS_DIR, ignore_errors=True)
 
@@ -334,6 +417,7 @@ def _keep_failure(attempt_dir: Path, run_dir: Path, progress: Progress) -> tuple
     if inspect_record(run_dir / RECORD_NAME).ok:
         for name in JOB_FILES:
             (attempt_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(attempt_dir / SUBMISSION_DIR, ignore_errors=True)
         record = assemble(progress, kept_ok_record=run_dir / RECORD_NAME)
         return write_record(attempt_dir, record), record
     shutil.rmtree(attempt_dir, ignore_errors=True)
@@ -341,6 +425,7 @@ def _keep_failure(attempt_dir: Path, run_dir: Path, progress: Progress) -> tuple
         shutil.rmtree(run_dir / ATTEMPTS_DIR, ignore_errors=True)
     for name in JOB_FILES:
         (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / SUBMISSION_DIR, ignore_errors=True)
     record = assemble(progress)
     return write_record(run_dir, record), record
 

@@ -25,6 +25,7 @@ from .config import check_folder_names
 from .data import Splits, build_splits
 from .data.content import check_source_keys
 from .data.sample import check_resize
+from .metrics import check_pro_limits
 from .models.backbone import WEIGHT_POLICIES
 from .models.base import AnomalyModel
 from .models.precision import check_precision
@@ -98,6 +99,8 @@ class DataSpec:
         uses_validation: whether the model calibrates on a validation split.
         val_from_test: ``protocol.quantiles_from_test``: the validation split is made of test images.
         source_keys: ``cache.source_keys``, how the caches identify source files (:mod:`ulsad_bench.data.content`).
+        threshold_images: whether the job also reads the images of SegF1's segmentation threshold
+            (``metrics.seg_f1``, :func:`ulsad_bench.data.splits.threshold_split`).
     """
 
     dataset: DictConfig
@@ -111,6 +114,7 @@ class DataSpec:
     decoded_images: bool
     cache_max_bytes: int
     source_keys: str = "content"
+    threshold_images: bool = False
 
     def splits(self) -> Splits:
         """The category's splits as this job lists them (no validation split for a model that uses
@@ -120,13 +124,16 @@ class DataSpec:
         dataset = self.dataset
         if self.val_from_test:
             dataset = OmegaConf.merge(dataset, {"val_split": "test_set"})
-        return build_splits(dataset, self.cache_dir, uses_validation=self.uses_validation)
+        return build_splits(
+            dataset, self.cache_dir, uses_validation=self.uses_validation, threshold=self.threshold_images
+        )
 
     @property
     def listing_key(self) -> str:
         """What :meth:`splits` depends on: jobs with the same key list the same splits."""
         content = OmegaConf.to_container(self.dataset, resolve=True)
-        return repr((sorted(content.items()) if isinstance(content, dict) else content, str(self.cache_dir)))
+        dataset = sorted(content.items()) if isinstance(content, dict) else content
+        return repr((dataset, str(self.cache_dir), self.threshold_images))
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,32 @@ class ProfileSpec(Settings, group="profile"):
         )
 
 
+@dataclass(frozen=True)
+class MetricSettings:
+    """``metrics.*``: AU-PRO's further FPR limits and whether SegF1 is scored (:mod:`ulsad_bench.metrics`).
+
+    Attributes:
+        pro_limits: ``metrics.pro_limits``, each in (0, 1] (:func:`~ulsad_bench.metrics.check_pro_limits`);
+            the one equal to ``fpr_limit`` is the record's ``aupro``, the others ``aupro_<limit>``.
+        seg_f1: ``metrics.seg_f1``: SegF1 at the validation threshold (:func:`~ulsad_bench.metrics.seg_f1`).
+    """
+
+    pro_limits: tuple[float, ...]
+    seg_f1: bool
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, fpr_limit: float) -> MetricSettings:
+        """``metrics.*`` of a composed config, checked (a config without the group: AU-PRO at
+        ``fpr_limit`` only, no SegF1)."""
+        limits = OmegaConf.select(cfg, "metrics.pro_limits", default=[fpr_limit])
+        if OmegaConf.is_config(limits):
+            limits = OmegaConf.to_container(limits, resolve=True)
+        seg_f1 = OmegaConf.select(cfg, "metrics.seg_f1", default=False)
+        if not isinstance(seg_f1, bool):
+            raise ValueError(f"metrics.seg_f1={seg_f1!r}: expected true or false")
+        return cls(check_pro_limits(limits), seg_f1)
+
+
 def top_level_settings(cfg: DictConfig) -> dict[str, Any]:
     """:data:`TOP_LEVEL_SETTINGS`' values in ``cfg``, each checked against its range."""
     return {name: check_value(name, OmegaConf.select(cfg, name), kind) for name, kind in TOP_LEVEL_SETTINGS.items()}
@@ -200,6 +233,7 @@ class JobSpec:
     deterministic: bool
     eval_batch_size: int
     fpr_limit: float
+    metrics: MetricSettings
     feature_cache: bool
     profile: ProfileSpec
     resume: str
@@ -227,6 +261,7 @@ class JobSpec:
         model_image_size = crop if crop is not None else image_size
         model_class.check_image_size(model_image_size)
         protocol = Protocol.from_config(cfg)
+        metrics = MetricSettings.from_config(cfg, numbers["fpr_limit"])
         cache = cfg.cache
         data = DataSpec(
             dataset=cfg.dataset,
@@ -240,6 +275,7 @@ class JobSpec:
             decoded_images=bool(cache.get("decoded_images", False)),
             cache_max_bytes=int(numbers["cache.max_gb"] * 2**30),
             source_keys=check_source_keys(str(cache.get("source_keys", "content"))),
+            threshold_images=metrics.seg_f1,
         )
         return cls(
             config=config,
@@ -265,6 +301,7 @@ class JobSpec:
             deterministic=bool(cfg.deterministic),
             eval_batch_size=numbers["eval_batch_size"],
             fpr_limit=numbers["fpr_limit"],
+            metrics=metrics,
             feature_cache=bool(cfg.get("feature_cache", True)),
             profile=profile,
             resume=resume_mode(cfg.get("resume", "strict")),

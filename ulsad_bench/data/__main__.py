@@ -10,7 +10,10 @@ JSON object is printed per line::
      ["logical": N, "structural": N,]  "anomalous_pixel_fraction": F, "image_size": S,
      "val_source": ..., "path": <the folder holding the category's images>}
 
-``logical`` / ``structural`` appear for datasets with logical anomalies (MVTec LOCO).
+``logical`` / ``structural`` appear for datasets with logical anomalies (MVTec LOCO); the test sets
+without ground truth (MVTec AD 2's ``test_private``, ``test_private_mixed``) follow with their
+counts, their images' headers read too (``test_normal`` / ``test_anomalous`` are then
+``test_public``'s ``good`` / ``bad``).
 ``anomalous_pixel_fraction`` is the share of anomalous pixels over all test images (normal
 images count as all-normal masks) at ``dataset.image_size``, i.e. after the same resize the
 metrics see: the positive rate of the pixel AUROC. Every image's header is read (a file that
@@ -47,6 +50,7 @@ def _counts(splits: Splits) -> dict[str, int]:
     if counts.get(f"test_{LOGICAL}", 0):
         out[LOGICAL] = counts[f"test_{LOGICAL}"]
         out[STRUCTURAL] = counts.get(f"test_{STRUCTURAL}", 0)
+    out.update({name: len(samples) for name, samples in splits.private.items()})
     return out
 
 
@@ -57,7 +61,8 @@ def check_splits(splits: Splits, size: int, workers: int = WORKERS, resize: str 
         DatasetError: for an unreadable image or mask, or a mask whose size differs from its image.
     """
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(lambda s: image_size_of(s.path), [*splits.train, *splits.val, *splits.test]))
+        private = [s for samples in splits.private.values() for s in samples]
+        list(pool.map(lambda s: image_size_of(s.path), [*splits.train, *splits.val, *splits.test, *private]))
         anomalous = sum(int(m.sum()) for m in pool.map(lambda s: read_mask(s, size, resize), splits.test))
     return anomalous / (len(splits.test) * size * size)
 

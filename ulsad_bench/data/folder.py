@@ -18,7 +18,7 @@ reader passes other ``mask_suffixes``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .sample import LOGICAL, NORMAL, STRUCTURAL, DatasetError, Sample
@@ -27,18 +27,27 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: files of a category folder that a job reads besides its images, when present (MVTec LOCO's
 #: sPRO saturation thresholds, :mod:`.channels`): part of the data fingerprint
 CATEGORY_INPUTS = ("defects_config.json",)
+#: defect type of the images of a test set without ground truth (:attr:`CategorySplits.private`)
+UNLABELLED = "unlabelled"
 KIND_BY_DEFECT = {"logical_anomalies": LOGICAL, "structural_anomalies": STRUCTURAL}
 
 
 @dataclass(frozen=True)
 class CategorySplits:
     """The samples of one category as found on disk (before any validation hold-out), and the
-    other files a job reads (``inputs``: :data:`CATEGORY_INPUTS`, VisA's split CSV)."""
+    other files a job reads (``inputs``: :data:`CATEGORY_INPUTS`, VisA's split CSV).
+
+    ``private``: test sets published without ground truth, by folder name (MVTec AD 2's
+    ``test_private`` and ``test_private_mixed``, :mod:`.mvtec_ad2`): their images are predicted and
+    exported for the evaluation server, never scored here. Their samples carry label 0 and defect
+    type :data:`UNLABELLED` only because :class:`Sample` needs a label; nothing reads it.
+    """
 
     train: list[Sample]
     validation: list[Sample]
     test: list[Sample]
     inputs: tuple[Path, ...] = ()
+    private: dict[str, list[Sample]] = field(default_factory=dict)
 
 
 def is_hidden(path: Path) -> bool:
@@ -52,7 +61,9 @@ def list_images(directory: Path, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> li
     return sorted(p for p in directory.iterdir() if p.is_file() and not is_hidden(p) and p.suffix.lower() in allowed)
 
 
-def _require_images(directory: Path, what: str) -> list[Path]:
+def require_images(directory: Path, what: str) -> list[Path]:
+    """The image files directly in ``directory``; a missing or empty folder is a :class:`DatasetError`
+    naming it and ``what`` was expected there."""
     if not directory.is_dir():
         raise DatasetError(f"missing folder {directory}: expected {what}")
     images = list_images(directory)
@@ -90,13 +101,13 @@ def read_category(
         raise DatasetError(f"missing category folder {category_dir}")
     train = [
         Sample(path, 0, NORMAL, NORMAL)
-        for path in _require_images(category_dir / "train" / normal_name, "normal training images")
+        for path in require_images(category_dir / "train" / normal_name, "normal training images")
     ]
     validation_dir = category_dir / "validation" / normal_name
     validation = []
     if validation_dir.exists():
         validation = [
-            Sample(path, 0, NORMAL, NORMAL) for path in _require_images(validation_dir, "normal validation images")
+            Sample(path, 0, NORMAL, NORMAL) for path in require_images(validation_dir, "normal validation images")
         ]
     test_dir = category_dir / "test"
     if not test_dir.is_dir():
@@ -107,7 +118,7 @@ def read_category(
     if not any(d.name == normal_name for d in defect_dirs):
         raise DatasetError(f"missing folder {test_dir / normal_name}: expected normal test images")
     for defect_dir in defect_dirs:
-        images = _require_images(defect_dir, "test images")
+        images = require_images(defect_dir, "test images")
         if defect_dir.name == normal_name:
             test.extend(Sample(path, 0, NORMAL, NORMAL) for path in images)
             continue

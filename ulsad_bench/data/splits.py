@@ -10,13 +10,19 @@ validation split is then chosen by ``dataset.val_split``:
 ``test_set``  the normal images of the *test* set, as the ULSAD authors' configs did
               (``val_split_mode: same_as_test``). It calibrates on test data; records and
               tables mark it.
+
+Two more image sets, present only where a job needs them (so other jobs' fingerprints and counts
+are unchanged): ``threshold``, the images a segmentation threshold is computed from when
+``metrics.seg_f1`` is on (:func:`threshold_split`: never test images), and ``private``, a dataset's
+test sets without ground truth (MVTec AD 2's, :mod:`.mvtec_ad2`), predicted and exported only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,16 @@ class Splits:
     val_source: str
     category_dir: Path
     inputs: tuple[Path, ...] = ()
+    #: the images of the segmentation threshold (``metrics.seg_f1``), and where they come from
+    threshold: list[Sample] = field(default_factory=list)
+    threshold_source: str = ""
+    #: test sets without ground truth, by folder name (:attr:`.folder.CategorySplits.private`)
+    private: dict[str, list[Sample]] = field(default_factory=dict)
+
+    @property
+    def threshold_is_val(self) -> bool:
+        """Whether the threshold's images are the validation split itself (read and listed once)."""
+        return [s.path for s in self.threshold] == [s.path for s in self.val]
 
     def counts(self) -> dict[str, int]:
         counts = {
@@ -52,6 +68,10 @@ class Splits:
         }
         for kind in sorted({s.kind for s in self.test if s.label == 1}):
             counts[f"test_{kind}"] = sum(s.kind == kind for s in self.test)
+        if self.threshold:
+            counts["threshold"] = len(self.threshold)
+        for name, samples in self.private.items():
+            counts[name] = len(samples)
         return counts
 
     def fingerprint(self, content: bool = False, extra: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -95,9 +115,13 @@ class Splits:
         return found
 
     def _fingerprint_groups(self, extra: tuple[Path, ...]) -> list[tuple[str, list[tuple[Path, Any, str]]]]:
+        named = [("train", self.train), ("val", self.val), ("test", self.test)]
+        if self.threshold and not self.threshold_is_val:  # only when there are some, as inputs below
+            named.append(("threshold", self.threshold))
+        named += list(self.private.items())
         groups = [
             (name, [(path, s.label, s.defect_type) for s in samples for path in (s.path, *s.mask_paths)])
-            for name, samples in (("train", self.train), ("val", self.val), ("test", self.test))
+            for name, samples in named
         ]
         inputs = (*self.inputs, *extra)
         if inputs:  # only when there are some: fingerprints of jobs without them are unchanged
@@ -197,17 +221,46 @@ def _holdout(train: list[Sample], fraction: float, seed: int, where: Path) -> tu
     return [s for i, s in enumerate(train) if i not in val_idx], [s for i, s in enumerate(train) if i in val_idx]
 
 
-def build_splits(cfg: Any, cache_dir: Path, uses_validation: bool = True) -> Splits:
+def threshold_split(found: CategorySplits, val: list[Sample], mode: str) -> tuple[list[Sample], str]:
+    """The images a segmentation threshold is computed from (``metrics.seg_f1``) and where they
+    come from: the dataset's validation folder when it has one (MVTec AD 2's ``validation/good``,
+    read for every model, also those that use no validation split and train on every training
+    image), else the job's validation split when it is held out of training; never test images.
+    None otherwise (``dataset.validation_for_all=true`` holds one out for every model)."""
+    if found.validation:
+        return list(found.validation), "validation folder"
+    if val and mode == "holdout":
+        return list(val), "the validation split (held out of training)"
+    return [], (
+        "none: no validation folder and no validation split held out of training (the threshold is never "
+        "taken from test images; dataset.validation_for_all=true holds one out for every model)"
+    )
+
+
+def build_splits(cfg: Any, cache_dir: Path, uses_validation: bool = True, threshold: bool = False) -> Splits:
     """Read one category (``cfg.category``) and choose its validation split.
 
     ``uses_validation=False`` (a model that calibrates nothing: PaDiM, PatchCore, DFR) gets no
     validation split and trains on every training image, as anomalib trains them, unless
-    ``dataset.validation_for_all`` keeps the hold-out for every model.
+    ``dataset.validation_for_all`` keeps the hold-out for every model. ``threshold``: also choose
+    the images of the segmentation threshold (:func:`threshold_split`).
     """
     directory = category_dir(cfg, Path(cache_dir))
     if cfg.format not in READERS:
         raise ValueError(f"unknown dataset format {cfg.format!r}; known: {', '.join(sorted(READERS))}")
     found = READERS[cfg.format](cfg, directory)
+    train, val, source, mode = _validation(cfg, found, directory, uses_validation)
+    splits = Splits(train, val, list(found.test), source, directory, found.inputs, private=dict(found.private))
+    if not threshold:
+        return splits
+    images, where = threshold_split(found, val, mode)
+    return dataclasses.replace(splits, threshold=images, threshold_source=where)
+
+
+def _validation(
+    cfg: Any, found: CategorySplits, directory: Path, uses_validation: bool
+) -> tuple[list[Sample], list[Sample], str, str]:
+    """``(train, validation, its source, the val_split mode applied)`` (module docstring)."""
     mode = str(cfg.get("val_split", "auto"))
     if mode not in VAL_SPLITS:
         raise ValueError(f"dataset.val_split must be one of {VAL_SPLITS}, got {mode!r}")
@@ -215,8 +268,7 @@ def build_splits(cfg: Any, cache_dir: Path, uses_validation: bool = True) -> Spl
         mode = "folder" if found.validation else "holdout"
     train = list(found.train)
     if not uses_validation and not bool(cfg.get("validation_for_all", False)):
-        source = "none: the model uses no validation split and trains on every training image"
-        return Splits(train, [], list(found.test), source, directory, found.inputs)
+        return train, [], "none: the model uses no validation split and trains on every training image", "none"
     if mode == "folder":
         if not found.validation:
             raise DatasetError(f"{directory} has no validation/ folder; use dataset.val_split=holdout")
@@ -228,4 +280,4 @@ def build_splits(cfg: Any, cache_dir: Path, uses_validation: bool = True) -> Spl
     else:
         val = [s for s in found.test if s.label == 0]
         source = "test_set (normal TEST images, as the authors' configs)"
-    return Splits(train, val, list(found.test), source, directory, found.inputs)
+    return train, val, source, mode

@@ -36,11 +36,13 @@ from omegaconf import OmegaConf
 from ..config import CONF_DIR, flatten, is_result_key, result_config
 from ..protocol import Protocol
 from ..records import find_records, inspect_record, is_attempt, is_dirty, is_sealed, weights_policy
-from .naming import ALL_METRICS, KINDS, SPRO_METRICS
+from .naming import ALL_METRICS, KINDS, PRO_PREFIX, SEG_F1, SPRO_METRICS
 
 CELL = ["dataset", "category", "model", "variant", "backbone", "protocol"]
 ULSAD_KEYS = ("lambda_l", "lambda_g", "loss_pg", "loss_lg", "branch", "alpha", "beta")
-RECORD_METRICS = (*ALL_METRICS, *SPRO_METRICS)
+#: the metric columns every row has; AU-PRO at further limits (``aupro_<limit>``) become columns where
+#: records have them (:func:`_metric_columns`)
+RECORD_METRICS = (*ALL_METRICS, *SPRO_METRICS, SEG_F1)
 KIND_COLUMNS = tuple(f"{kind}_{metric}" for kind in KINDS for metric in RECORD_METRICS)
 # MVTec LOCO's official "mean" AUC-sPRO: (logical + structural) / 2, per record
 MEAN_SPRO_COLUMNS = tuple(f"mean_{metric}" for metric in SPRO_METRICS)
@@ -117,9 +119,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 #: model settings that are no part of the paper's setting to compare: where a file lies (its content is
-#: checked through the data fingerprint and the weights' sha256; EfficientAD's paper setting is judged by
-#: its record, ``hyperparameters.paper_setting``), and how much work runs at once (same results)
-NOT_COMPARED = ("teacher_weights", "penalty_dir", "penalty_workers", "feature_batch_size")
+#: checked through the data fingerprint and the weights' sha256; EfficientAD's and DRÆM's paper setting is
+#: judged by their record, ``hyperparameters.paper_setting``), and how much work runs at once (same results)
+NOT_COMPARED = ("teacher_weights", "penalty_dir", "penalty_workers", "feature_batch_size", "anomaly_source_dir")
 
 
 def off_paper_settings(model: str, model_cfg: dict[str, Any]) -> str:
@@ -153,6 +155,14 @@ def substitute_text(hyper: Mapping[str, Any]) -> str:
 
 def _pct(value: Any) -> float:
     return float("nan") if value is None else 100.0 * float(value)
+
+
+def _metric_columns(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """A record's metrics in percent: every one of :data:`RECORD_METRICS` (NaN where absent) and AU-PRO
+    at each further limit it has (``metrics.pro_limits``: ``aupro_0.05``, ...)."""
+    columns = {metric: _pct(metrics.get(metric)) for metric in RECORD_METRICS}
+    columns.update({key: _pct(value) for key, value in metrics.items() if key.startswith(PRO_PREFIX)})
+    return columns
 
 
 def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -201,12 +211,10 @@ def _row(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     hyper = record.get("hyperparameters") or {}
     row["substitute"] = substitute_text(hyper)
     row["off_paper"] = off_paper_settings(row["model"], model_cfg) if not row["variant"] else ""
-    for metric in RECORD_METRICS:
-        row[metric] = _pct(metrics.get(metric))
+    row.update(_metric_columns(metrics))
     by_kind = record.get("metrics_by_kind") or {}
     for kind in KINDS:
-        for metric in RECORD_METRICS:
-            row[f"{kind}_{metric}"] = _pct((by_kind.get(kind) or {}).get(metric))
+        row.update({f"{kind}_{k}": v for k, v in _metric_columns(by_kind.get(kind) or {}).items()})
     for metric in SPRO_METRICS:
         row[f"mean_{metric}"] = (row[f"logical_{metric}"] + row[f"structural_{metric}"]) / 2
     row["throughput"] = float(efficiency.get("throughput_img_s", float("nan")))

@@ -7,7 +7,7 @@ short names.
 
 from __future__ import annotations
 
-from ..metrics import SPRO_LIMITS, spro_key
+from ..metrics import SEG_F1, SPRO_LIMITS, spro_key
 
 # model (config ``model.name``) -> the paper's method name
 MODEL_METHOD = {
@@ -35,6 +35,7 @@ DATASET_LABEL = {
     "mvtec": "MVTec",
     "mvtec_loco": "MVTec-LOCO",
     "visa": "VisA",
+    "mvtec_ad2": "MVTec AD 2",
     "synthetic": "Synthetic",
 }
 
@@ -50,12 +51,21 @@ METRIC_LABEL = {
     "pixel_ap": "P-AP",
     "pixel_f1_max": "P-F1max",
     "aupro": "AUPRO",
+    SEG_F1: "SegF1",
     "throughput": "Throughput (img/s)",
     "peak_memory_gb": "Peak memory (GB)",
     "throughput_batch1": "Throughput at batch 1 (img/s)",
     "latency_ms": "Latency at batch 1 (ms)",
 }
-METRIC_TITLE = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO"}
+METRIC_TITLE = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO", SEG_F1: "SegF1"}
+#: the record keys of AU-PRO at FPR limits other than ``fpr_limit`` (``metrics.pro_limits``): ``aupro_<limit>``
+PRO_PREFIX = "aupro_"
+#: a dataset's own benchmark's metrics, which its tables lead with. MVTec AD 2 (Heckler-Kram et al. 2025):
+#: AU-PRO up to FPR 0.05, the dataset paper's headline ("below 60% average AU-PRO"), then 0.3, and SegF1,
+#: the VAND 4.0 challenge's ranking metric (ulsad_bench/metrics.py, conf/dataset/mvtec_ad2.yaml)
+OFFICIAL_METRICS = {"mvtec_ad2": (f"{PRO_PREFIX}0.05", "aupro", SEG_F1)}
+#: the official metrics that are not among :data:`ALL_METRICS` (the statistics test them too)
+OFFICIAL_EXTRA = tuple(dict.fromkeys(m for ms in OFFICIAL_METRICS.values() for m in ms if m not in ALL_METRICS))
 LOWER_IS_BETTER = frozenset({"peak_memory_gb", "latency_ms"})
 KINDS = ("structural", "logical")  # the order of Tables 22-27
 
@@ -110,6 +120,36 @@ def method_name(model: str) -> str:
 def long_method_name(method: str) -> str:
     """The method's name as Tables 1-2 print it."""
     return LONG_NAMES.get(method, method)
+
+
+def pro_limit_of(metric: str) -> float | None:
+    """The FPR limit of an ``aupro_<limit>`` key (None for any other metric)."""
+    if not metric.startswith(PRO_PREFIX):
+        return None
+    try:
+        return float(metric[len(PRO_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def metric_label(metric: str, limits: bool = False) -> str:
+    """A metric as a column prints it: ``I-AUROC``, ``SegF1``, ``AUPRO@0.05`` for ``aupro_0.05``;
+    ``limits``: AU-PRO at several limits is shown, so ``aupro`` prints its limit too (``AUPRO@0.3``,
+    ``fpr_limit``'s default)."""
+    limit = pro_limit_of(metric)
+    if limit is not None:
+        return f"AUPRO@{limit:g}"
+    if metric == "aupro" and limits:
+        return "AUPRO@0.3"
+    return METRIC_LABEL.get(metric, metric)
+
+
+def metric_title(metric: str) -> str:
+    """A metric as a title names it: ``Image AUROC``, ``AUPRO up to FPR 0.05``."""
+    limit = pro_limit_of(metric)
+    if limit is not None:
+        return f"AUPRO up to FPR {limit:g}"
+    return METRIC_TITLE.get(metric, METRIC_LABEL.get(metric, metric))
 
 
 def dataset_label(dataset: str) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import FULL_SEEDS, per_seed
-from .naming import ALL_METRICS, METRIC_LABEL, METRIC_TITLE, METRICS, dataset_label
+from .naming import ALL_METRICS, METRIC_LABEL, METRICS, OFFICIAL_EXTRA, dataset_label, metric_title
 from .statistics import (
     ALPHA,
     BAYES_MIN_PAIRS,
@@ -57,8 +57,9 @@ from .statistics import (
 from .table import PARTIAL_MARK, SEED_MARK, Cell, Table, Value, mark_best
 from .tables import Context, Method
 
-#: the metrics tested, in this order: the paper's three, then the others a record may carry
-METRIC_ORDER = (*METRICS, *(m for m in ALL_METRICS if m not in METRICS))
+#: the metrics tested, in this order: the paper's three, then the others a record may carry, then the
+#: official metrics of a dataset's own benchmark (MVTec AD 2's AU-PRO@0.05 and SegF1)
+METRIC_ORDER = (*METRICS, *(m for m in ALL_METRICS if m not in METRICS), *OFFICIAL_EXTRA)
 REFERENCE_MODEL = "ulsad"  # the method the paper proposes: compared against every other
 ALL_DATASETS = "All datasets"
 DASH = "—"
@@ -97,7 +98,7 @@ class Evidence:
 
 def metric_name(metric: str) -> str:
     """A metric as titles name it: "Image AUROC", else its column label ("I-AP")."""
-    return METRIC_TITLE.get(metric, METRIC_LABEL.get(metric, metric))
+    return metric_title(metric)
 
 
 def seeds_by_category(frame: pd.DataFrame, metric: str) -> dict[str, list[float]]:
