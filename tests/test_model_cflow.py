@@ -72,7 +72,7 @@ def test_cflow_detects_structural_anomalies_offline(cflow_job: tuple[dict[str, A
     assert hp["layers"] == ["layer2", "layer3", "layer4"] and hp["backbone"] == "resnet18"
     assert (hp["condition_vector"], hp["coupling_blocks"], hp["clamp_alpha"]) == (128, 8, 1.9)
     assert (hp["fiber_batch_size"], hp["batch_size"], hp["epochs"], hp["lr"]) == (16, 4, 2, 1e-4)
-    assert hp["map_normalisation"] == "training_max"
+    assert hp["map_normalisation"] == "batch_max" and hp["map_batch_size"] == 16
     fit = record["fit"]
     assert fit["loss_per_epoch"][1] < fit["loss_per_epoch"][0]  # the flows learn
     # resnet18 at 64 px: layer2 8 x 8, layer3 4 x 4, layer4 2 x 2 fibres per image
@@ -198,6 +198,12 @@ def test_maps_batch_max_is_anomalibs_forward_and_training_max_is_batch_free() ->
         theirs = model.model(model.normalize(images))
     torch.testing.assert_close(ours.maps, theirs.anomaly_map)
     torch.testing.assert_close(ours.scores, theirs.pred_score)
+    model.map_batch_size = 2  # 0.7's batches (16) inside a larger batch of the harness: anomalib's map per group
+    grouped = model.predict(images)
+    with torch.no_grad():
+        per_group = [model.model(model.normalize(images[i : i + 2])).anomaly_map for i in (0, 2, 4)]
+    torch.testing.assert_close(grouped.maps, torch.cat(per_group))
+    assert not torch.allclose(grouped.maps, ours.maps)  # the groups matter: the reason for training_max
     model.map_normalisation = "training_max"
     model.reference.maxima.copy_(torch.tensor([0.5, -1.0, -2.0]))
     model.has_reference = True
@@ -239,4 +245,4 @@ def test_config_values_are_anomalib_0_7s() -> None:
     assert cfg.backbone == "wide_resnet50_2" and list(cfg.layers) == ["layer2", "layer3", "layer4"]
     assert (cfg.decoder, cfg.condition_vector, cfg.coupling_blocks, cfg.clamp_alpha) == ("freia-cflow", 128, 8, 1.9)
     assert (cfg.fiber_batch_size, cfg.permute_soft, cfg.lr, cfg.batch_size, cfg.epochs) == (64, False, 1e-4, 16, 50)
-    assert cfg.center_crop is None and cfg.map_normalisation == "training_max"
+    assert cfg.center_crop is None and (cfg.map_normalisation, cfg.map_batch_size) == ("batch_max", 16)

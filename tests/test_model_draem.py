@@ -85,7 +85,8 @@ def test_draem_detects_structural_anomalies_offline(draem_job: tuple[dict[str, A
     # model.anomaly_source=auto on a random-init run without a folder: the generated substitute, recorded as such
     assert (hp["anomaly_source_setting"], hp["anomaly_source"], hp["paper_setting"]) == ("auto", "generated", False)
     assert hp["substitute"] == "anomaly source generated (Perlin-noise textures, not DTD)"
-    assert (hp["epochs"], hp["batch_size"], hp["lr"], hp["beta"]) == (50, 8, 5e-4, [0.1, 1.0])
+    assert (hp["epochs"], hp["batch_size"], hp["lr"], hp["beta"]) == (50, 8, 5e-4, [0.2, 1.0])
+    assert hp["input_normalization"] == "imagenet" and hp["input"] == "ImageNet-normalised"
     fit = record["fit"]
     assert fit["steps"] == 50 * -(-fit["train_images"] // 8)
     assert fit["loss_per_epoch"][-1] < fit["loss_per_epoch"][0]
@@ -264,3 +265,12 @@ def test_bf16_leaves_draem_in_fp32() -> None:
     model.model.train()
     losses = model.losses(torch.rand(2, 3, 32, 32))
     assert losses["total"].dtype == torch.float32 and set(seen) == {torch.float32}
+
+
+def test_config_values_are_anomalib_0_7s() -> None:
+    """conf/model/draem.yaml: anomalib 0.7's config and code (the paper's run), each value cited there."""
+    cfg = compose_config(["model=draem"]).model
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, list(cfg.lr_milestones)) == (700, 8, 1e-4, [])  # 0.7: no schedule
+    assert list(cfg.beta) == [0.2, 1.0] and cfg.input_normalization == "imagenet"  # 0.7's Augmenter, normalization
+    assert (cfg.enable_sspcab, cfg.sspcab_lambda, cfg.center_crop) == (False, 0.1, None)
+    assert cfg.anomaly_source == "auto" and cfg.anomaly_source_dir is None

@@ -258,6 +258,9 @@ def test_assembling_refuses_a_missing_map_by_name(
     assert re.search(r"missing files in .*anomaly_images/fabric/test_private_mixed: 002_mixed\.tiff", text), text
     code, text = _assemble(capsys, results, "--counts", "records")
     assert code == 2 and "exists and is not empty" in text and "--replace" in text
+    with pytest.raises(SystemExit):  # argparse's refusal, naming the option and the form
+        submission.main([str(results), "--model", "padim", "--seed", "0", "--config", "dataset.image_size"])
+    assert "--config 'dataset.image_size': expected KEY=VALUE" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- tables and sweeps

@@ -381,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replace", action="store_true")
     parser.add_argument("--counts", choices=("official", "records"), default="official")
     args = parser.parse_args(argv)
+    for item in args.config:
+        if "=" not in item:
+            parser.error(f"--config {item!r}: expected KEY=VALUE, e.g. --config dataset.image_size=512")
     name = f"{args.model}{'-' + args.variant if args.variant else ''}-seed={args.seed}"
     out = args.out or args.results / "submissions" / name
     try:

@@ -43,7 +43,8 @@ class CflowSettings(Settings, model="cflow"):
     lr: LearningRate = 1e-4
     batch_size: Count = 16
     epochs: Count = 50
-    map_normalisation: str = "training_max"
+    map_normalisation: str = "batch_max"
+    map_batch_size: Count = 16
 
     def __post_init__(self) -> None:
         super().__post_init__()  # every field's type and range
@@ -104,10 +105,13 @@ class Cflow(AnomalyModel):
     per-dimension log-likelihoods into ``exp(l - max l)``, the maximum taken over the *batch* being
     predicted, upsamples them bilinearly (``align_corners=True``), sums them and returns
     ``max - sum`` (again the batch's maximum): an image's map and score then depend on the images it
-    is batched with (``batch_max``, anomalib's eval forward exactly). ``training_max`` (the default)
+    is batched with (``batch_max``, the default: anomalib's eval forward exactly, over groups of
+    ``map_batch_size`` consecutive test images, 16 as 0.7's ``dataset.eval_batch_size``, whatever the
+    harness's ``eval_batch_size``; the test images in the harness's order). ``training_max``
     subtracts instead each layer's maximum over the training images' fibres, computed once after
     training (and before every test scoring under ``protocol.select_on_test``), and returns
-    ``len(layers) - sum``: the same map for an image in any batch. The score is the map's maximum.
+    ``len(layers) - sum``: the same map for an image in any batch (a named deviation from anomalib).
+    The score is the map's maximum.
 
     Input: images in [0, 1], ImageNet-normalised for the backbone (0.7's ``normalization: imagenet``).
     Backbone weights: the harness's (``backbone.weights`` under this model's own network,
@@ -294,8 +298,13 @@ class Cflow(AnomalyModel):
         self.model.eval()
         distribution, heights, widths = self.log_likelihoods(images)
         size = images.shape[-2:]
-        if self.map_normalisation == "batch_max":
-            maps = adapter.batch_normalised_map(self.model, distribution, heights, widths, size)
+        if self.map_normalisation == "batch_max":  # anomalib's map over groups of map_batch_size images (0.7's batches)
+            groups = []
+            for first in range(0, len(images), self.map_batch_size):
+                last = min(first + self.map_batch_size, len(images))
+                part = [v[first * h * w : last * h * w] for v, h, w in zip(distribution, heights, widths, strict=True)]
+                groups.append(adapter.batch_normalised_map(self.model, part, heights, widths, size))
+            maps = torch.cat(groups)
         else:
             assert self.has_reference, "fit() first: map_normalisation=training_max needs the training fibres' maxima"
             maps = torch.full((len(images), *size), float(len(self.layers)), device=images.device)

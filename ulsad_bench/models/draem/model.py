@@ -40,7 +40,7 @@ class DraemSettings(Settings, model="draem"):
 
     anomaly_source: str = "auto"
     anomaly_source_dir: str | None = None
-    beta: tuple[Probability, Probability] = (0.1, 1.0)
+    beta: tuple[Probability, Probability] = (0.2, 1.0)
     enable_sspcab: bool = False
     sspcab_lambda: Weight = 0.1
     reconstructive_width: Count = adapter.RECONSTRUCTIVE_WIDTH
@@ -48,7 +48,7 @@ class DraemSettings(Settings, model="draem"):
     epochs: Count = 700
     batch_size: Count = 8
     lr: LearningRate = 1e-4
-    lr_milestones: tuple[Count, ...] = (400, 600)
+    lr_milestones: tuple[Count, ...] = ()
     input_normalization: str = "imagenet"
 
     def __post_init__(self) -> None:
@@ -73,14 +73,17 @@ class Draem(AnomalyModel):
     Training re-creates anomalib 2.7's ``Draem`` Lightning module (``lightning_model.py``):
 
     - ``training_step`` (L160-193): anomalies synthesised on the batch by ``PerlinAnomalyGenerator``
-      (``blend_factor`` = ``beta`` (0.1, 1.0), the module's default, L91; probability 0.5), the
+      (``blend_factor`` = ``beta``; probability 0.5), the
       training-mode forward on the augmented images, ``DraemLoss`` against the *clean* images
       (L2 + 2 x SSIM + focal), plus ``sspcab_lambda`` x the MSE between SSPCAB's input and output
       when ``enable_sspcab``;
-    - ``configure_optimizers`` (L224-233): Adam over every parameter, and MultiStepLR (x0.1 at
-      epochs 400 and 600, stepped once per epoch as Lightning does); anomalib 2.7 hard-codes lr 1e-4,
-      the harness reads ``lr`` (0.7's config: 0.0001). anomalib 0.7 had no scheduler
-      (``lr_milestones=[]`` reproduces it); the milestones are the DRAEM paper's (Sec. 4.1);
+    - ``configure_optimizers`` (L224-233): Adam over every parameter, and in 2.7 MultiStepLR (x0.1 at
+      epochs 400 and 600, stepped once per epoch as Lightning does; the DRAEM paper's, Sec. 4.1);
+      anomalib 2.7 hard-codes lr 1e-4, the harness reads ``lr`` (0.7's config: 0.0001). anomalib 0.7,
+      the paper's run, had no scheduler (``draem/lightning_model.py`` ``configure_optimizers``: Adam
+      alone): ``lr_milestones`` is empty by default, ``[400, 600]`` gives 2.7's;
+    - the blend factor range ``beta``: 0.7's ``Augmenter`` default (0.2, 1.0) (``data/utils/augmenter.py``
+      ``__init__``; 0.7's Draem builds it with the source path alone); 2.7's ``Draem`` uses (0.1, 1.0);
     - the training loader: shuffled, ``batch_size`` 8, the last partial batch kept (0.7 and 2.7).
 
     0.7's config stops early on the *test* set's pixel AUROC (patience 20); the harness's clean
@@ -233,7 +236,7 @@ class Draem(AnomalyModel):
             "optimizer": "Adam",
             "lr_gamma": 0.1,  # MultiStepLR, per epoch (anomalib 2.7 configure_optimizers)
             "loss": "l2 + 2 * ssim(window 11) + focal(alpha 1)",
-            "input": "[0, 1], not normalised",
+            "input": "ImageNet-normalised" if self.input_normalization == "imagenet" else "[0, 1], not normalised",
             "map": "softmax probability of the anomalous class",
             "score": "max of the map",
             "paper_setting": self.source == "dtd",
