@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import compose_config
-from ulsad_bench import bench, launch
+from tests.test_model_fastflow import FASTFLOW_FAST
+from tests.test_model_reverse_distillation import RD_FAST
+from ulsad_bench import bench, launch, runner
 from ulsad_bench.config import CONF_DIR, EXPERIMENTS_DIR
 from ulsad_bench.report.naming import MODEL_METHOD, PAPER_METHODS, TABLE1_ORDER
 from ulsad_bench.spec import model_from_config
@@ -53,3 +55,33 @@ def test_the_readme_lists_each_method_its_config_and_its_source() -> None:
     table = readme.split("## The paper's setting", 1)[1].split("\n## ", 1)[0]
     for label in ("CFLOW", "FastFlow", "DRÆM", "Reverse Distillation", "DFR epochs"):
         assert label in table, label
+
+
+@pytest.mark.parametrize("name", ["fastflow", "reverse_distillation"])
+def test_iterative_baselines_follow_the_test_selecting_protocol(tiny_cfg, tmp_path: Path, name: str) -> None:
+    """protocol.select_on_test (anomalib 0.7's early stopping on the test set, as an option): the model
+    reports every epoch through the one training loop and the best epoch's state is scored; the clean
+    protocol (the default) records no selection. (CFLOW's and DRÆM's are in their own test files.)"""
+    fast = {"fastflow": FASTFLOW_FAST, "reverse_distillation": [*RD_FAST[:2], "model.epochs=3", *RD_FAST[3:]]}[name]
+    record = runner.run(tiny_cfg(*fast, "protocol=select_on_test", "profile.enabled=false"), tmp_path / "run")
+    assert record["status"] == "ok", record.get("traceback")
+    epochs = record["hyperparameters"]["epochs"]
+    assert [point["epoch"] for point in record["selection"]["curve"]] == list(range(1, epochs + 1))
+    assert 1 <= record["selection"]["epoch"] <= epochs and record["protocol"]["select_on_test"] is True
+
+
+def test_the_default_sweep_plans_and_preflights_all_nine(
+    shared_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``make sweep ... PLAN=1`` with the default models: every one planned (a time line each) and
+    pre-flighted (the synthetic set needs no file: DRÆM's generated source, EfficientAD's substitutes)."""
+    from ulsad_bench import sweep
+
+    monkeypatch.setattr(sweep, "subprocess", None)  # nothing may be launched
+    own = ["dataset=synthetic", "seeds=0", "categories=texture", f"results={tmp_path / 'out'}", "plan=1"]
+    assert sweep.main([*own, "--", f"cache_dir={shared_cache}"]) == 0
+    out = capsys.readouterr().out
+    assert "9 jobs = model (9) x dataset.category (1) x seed (1)" in out, out
+    for model in MODEL_OF.values():
+        assert f"{model}: 1 to run" in out, model
+    assert not (tmp_path / "out").exists()
