@@ -31,7 +31,7 @@ def expect(condition: bool, what: str) -> None:
     """Fail naming the anomalib internal that is no longer what the adapter expects."""
     if not condition:
         pytest.fail(
-            f"anomalib {ANOMALIB} changed an internal ulsad_bench/models/anomalib_adapter.py relies on "
+            f"anomalib {ANOMALIB} changed an internal ulsad_bench/models/anomalib_adapter/ relies on "
             f"(written against 2.7.0): {what}",
             pytrace=False,
         )
