@@ -21,6 +21,10 @@ from torch import nn
 
 from ulsad_bench.environment import seeded
 from ulsad_bench.models import anomalib_adapter as adapter
+from ulsad_bench.models.anomalib_adapter import cflow as cflow_adapter
+from ulsad_bench.models.anomalib_adapter import draem as draem_adapter
+from ulsad_bench.models.anomalib_adapter import fastflow as fastflow_adapter
+from ulsad_bench.models.anomalib_adapter import reverse_distillation as rd_adapter
 from ulsad_bench.models.backbone import BackboneSpec, load_into, resolve_weights
 
 ANOMALIB = version("anomalib")
@@ -79,6 +83,33 @@ SIGNATURES: dict[str, tuple[list[str], bool]] = {
     f"{adapter.EFFICIENTAD_MODULE}:MediumPatchDescriptionNetwork": (["out_channels", "padding"], False),
     f"{adapter.EFFICIENTAD_MODULE}:AutoEncoder.forward": (["self", "x", "image_size"], True),
     f"{adapter.EFFICIENTAD_MODULE}:reduce_tensor_elems": (["tensor", "m"], True),
+    # the four trained here (their adapter modules list what else they rely on; their tests run it)
+    f"{cflow_adapter.CFLOW_MODULE}:CflowModel": (
+        [
+            "backbone",
+            "layers",
+            "pre_trained",
+            "fiber_batch_size",
+            "decoder",
+            "condition_vector",
+            "coupling_blocks",
+            "clamp_alpha",
+            "permute_soft",
+        ],
+        False,
+    ),
+    f"{draem_adapter.PERLIN_MODULE}:PerlinAnomalyGenerator": (
+        ["anomaly_source_path", "probability", "blend_factor"],
+        False,
+    ),
+    f"{fastflow_adapter.FASTFLOW_MODULE}:FastflowModel": (
+        ["input_size", "backbone", "pre_trained", "flow_steps", "conv3x3_only", "hidden_ratio"],
+        False,
+    ),
+    f"{rd_adapter.RD_MODULE}:ReverseDistillationModel": (
+        ["backbone", "input_size", "layers", "anomaly_map_mode", "pre_trained"],
+        False,
+    ),
 }
 
 
