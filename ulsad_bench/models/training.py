@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data import ImageSet
 from .base import AnomalyModel
 
 
@@ -113,3 +114,39 @@ def train_epochs(
     for module in modules:
         module.eval()
     return log
+
+
+def train_batches(
+    model: AnomalyModel,
+    train: ImageSet,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    step_loss: Callable[[torch.Tensor], torch.Tensor],
+    modules: Sequence[nn.Module],
+    hint: str = "",
+) -> tuple[TrainingLog, int]:
+    """``epochs`` epochs of one loss on mini-batches, as anomalib's Lightning loop runs a
+    ``training_step`` returning one loss (FastFlow, Reverse Distillation): the training images moved
+    to the device once (uint8), shuffled each epoch from the run seed, the last partial batch kept
+    (anomalib's train loader has no ``drop_last``); per batch ``step_loss(images)`` (``[B, 3, S, S]``
+    in [0, 1] on the device), one backward pass, one optimiser step. The loss's epoch mean is over
+    images. Returns the :class:`TrainingLog` (loss ``"loss"``) and the number of steps."""
+    if len(train) == 0:
+        raise ValueError(f"{model.name}: no images to train on")
+    on_device = replace(train, images=train.images.to(model.ctx.device))
+    generator = torch.Generator().manual_seed(model.ctx.seed)
+    steps = 0
+
+    def run_epoch(epoch: int, sums: LossSums) -> None:
+        nonlocal steps
+        for idx, images in on_device.batches(batch_size, shuffle=True, generator=generator):
+            loss = step_loss(images)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums.add({"loss": loss}, weight=len(idx))
+            steps += 1
+
+    log = train_epochs(model, epochs, run_epoch, modules, ["loss"], hint=hint)
+    return log, steps

@@ -36,7 +36,7 @@ hands fp32 features on; the bottleneck, the decoder, the loss and the maps run i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import torch
@@ -51,7 +51,7 @@ from ..backbone import Normalize, load_into
 from ..base import AnomalyModel, Prediction, RunContext
 from ..precision import autocast_forward
 from ..settings import Count, LearningRate, Settings, adopt, as_record
-from ..training import LossSums, train_epochs
+from ..training import train_batches
 
 #: the side of the input must divide by 32: the bottleneck halves layer3's map (stride 16) once
 #: more, and the decoder's transposed convolutions must come back to the encoder's map sizes
@@ -132,32 +132,22 @@ class ReverseDistillation(AnomalyModel):
 
     def fit(self, train: ImageSet, val: ImageSet) -> dict[str, Any]:
         """``epochs`` epochs of Adam on the bottleneck and decoder (module docstring), through the one training loop."""
-        if len(train) == 0:
-            raise ValueError("reverse_distillation: no images to train on")
-        device = self.ctx.device
-        on_device = replace(train, images=train.images.to(device))  # uint8, moved once
         optimizer = torch.optim.Adam(
             adapter.trainable_parameters(self.model),
             lr=self.lr,
             betas=(self.beta1, self.beta2),
-            **adam_implementation(device),
+            **adam_implementation(self.ctx.device),
         )
-        generator = torch.Generator().manual_seed(self.ctx.seed)
-        steps = 0
-
-        def run_epoch(epoch: int, sums: LossSums) -> None:
-            nonlocal steps
-            for idx, images in on_device.batches(self.batch_size, shuffle=True, generator=generator):
-                loss = self.train_step_loss(images)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                sums.add({"loss": loss}, weight=len(idx))  # the epoch's mean over images
-                steps += 1
-
         with anomalib_adapter.no_downloads():
-            log = train_epochs(
-                self, self.epochs, run_epoch, [self.model], ["loss"], hint=f"lr {self.lr}, batch size {self.batch_size}"
+            log, steps = train_batches(
+                self,
+                train,
+                self.epochs,
+                self.batch_size,
+                optimizer,
+                self.train_step_loss,
+                [self.model],
+                hint=f"lr {self.lr}, batch size {self.batch_size}",
             )
         losses = [epoch["loss"] for epoch in log.losses]
         return {
