@@ -16,11 +16,11 @@ import torch
 
 from tests.conftest import TINY_DATA, compose_config
 from tests.device_check import stand_in_accelerator
+from tests.test_model_fastflow import random_set, refuse_network
+from tests.test_model_fastflow import tiny_context as fastflow_context
 from ulsad_bench import runner
-from ulsad_bench.data import NORMAL, ImageSet, Sample
-from ulsad_bench.features import FeatureCache
 from ulsad_bench.models.anomalib_adapter import reverse_distillation as adapter
-from ulsad_bench.models.backbone import BackboneSpec, WeightsInfo, build_network, resolve_weights
+from ulsad_bench.models.backbone import BackboneSpec, WeightsInfo, build_network
 from ulsad_bench.models.base import AnomalyModel, RunContext
 from ulsad_bench.models.reverse_distillation import ReverseDistillation, ReverseDistillationSettings
 from ulsad_bench.report.build import build_report
@@ -40,10 +40,6 @@ RD_FAST = [
     "profile.enabled=false",
 ]
 WIDE_RESNET_FILE = "wide_resnet50_racm-8234f177.pth"
-
-
-def refuse_network(*args: Any, **kwargs: Any) -> None:
-    raise OSError("network access during an offline test")
 
 
 @pytest.fixture(scope="module")
@@ -75,22 +71,8 @@ def rd_job(
 
 
 def tiny_context(size: int = 64, precision: str = "fp32", spec: BackboneSpec | None = None) -> RunContext:
-    return RunContext(
-        device=torch.device("cpu"),
-        seed=0,
-        image_size=size,
-        backbone=spec or BackboneSpec("resnet18", resolve_weights("resnet18", "random")),
-        feature_cache=FeatureCache(None, enabled=False),
-        precision=precision,
-        progress=False,
-    )
-
-
-def random_set(n: int, size: int) -> ImageSet:
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
-    samples = [Sample(Path(f"{i}.png"), 0, "good", NORMAL) for i in range(n)]
-    return ImageSet(samples=samples, images=images, masks=None, key=f"random{n}x{size}")
+    """FastFlow's test context at RD's smallest size (64 px)."""
+    return fastflow_context(size, precision, spec)
 
 
 # ---------------------------------------------------------------------------------------------- jobs
